@@ -1,0 +1,73 @@
+"""What every command shares: error handling, exit codes and output mode."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+
+import typer
+from rich.console import Console
+
+from fedlora_cli.errors import InputError, RunError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+EXIT_BUDGET = 3
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 success, 1 runtime failure, 2 bad input (recipe, file or flag), "
+    "3 stopped at the privacy budget, 130 interrupted (Ctrl-C)."
+)
+
+
+def err_console() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def print_input_error(exc: InputError) -> None:
+    console = err_console()
+    head = f"error in {exc.source}" if exc.source else "error"
+    if len(exc.problems) == 1:
+        console.print(f"{head}: {exc.problems[0]}", markup=False)
+        return
+    console.print(f"{head}: {len(exc.problems)} problems", markup=False)
+    for problem in exc.problems:
+        console.print(f"  - {problem}", markup=False)
+
+
+def guarded(fn):
+    """Run a command: library errors become messages and exit codes, never tracebacks."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except InputError as exc:
+            print_input_error(exc)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        except RunError as exc:
+            err_console().print(f"error: {exc}", markup=False)
+            raise typer.Exit(EXIT_FAILURE) from None
+        except KeyboardInterrupt:
+            err_console().print("interrupted", markup=False)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the one place that turns crashes into exit 1
+            if os.environ.get("FEDLORA_DEBUG"):
+                traceback.print_exc()
+            err_console().print(
+                f"internal error: {type(exc).__name__}: {exc} (set FEDLORA_DEBUG=1 for the traceback)", markup=False
+            )
+            raise typer.Exit(EXIT_FAILURE) from None
+
+    return wrapper
+
+
+def wants_json(json_flag: bool) -> bool:
+    """JSON output when asked, or when stdout is not a terminal."""
+    return json_flag or not sys.stdout.isatty()

@@ -1,0 +1,113 @@
+"""Local training of one client on the one shared model.
+
+There is a single model in memory: before a client trains, the server's global adapter is
+copied into it (:func:`~fedlora_cli.models.load_adapter_state`); afterwards the tensors the
+method lets clients train are read back as the client's upload. Under sample-level DP the
+model is wrapped once in Opacus's ``GradSampleModule`` and every client step goes through an
+Opacus ``DPOptimizer``: per-sample clipping to ``C``, Gaussian noise ``σ·C`` on the sum, division
+by the expected batch size, on a Poisson-sampled batch (rate ``q = batch_size / n_k``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+
+from fedlora_cli.data.batching import TokenizedDataset, poisson_batch, uniform_batch
+from fedlora_cli.recipe import FederationConfig
+
+
+def derive_seed(*parts) -> int:
+    """A 63-bit seed that depends only on ``parts`` (run seed, round, client, purpose)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+@dataclass
+class ClientNoise:
+    """A client's DP-SGD settings: Poisson rate and noise multiplier (None: no DP)."""
+
+    sample_rate: float
+    noise_multiplier: float
+    max_grad_norm: float
+    secure_mode: bool = False
+
+
+@dataclass
+class LocalResult:
+    upload: dict[str, torch.Tensor]
+    mean_loss: float
+    steps: int
+    examples: int
+
+
+def make_optimizer(params, cfg: FederationConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def classification_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    logits = model(**inputs).logits
+    return F.cross_entropy(logits.float(), batch["labels"])
+
+
+class LocalTrainer:
+    """Trains the shared model's trainable parameters on one client's data at a time."""
+
+    def __init__(self, model: torch.nn.Module, cfg: FederationConfig, private: bool):
+        self.model = model
+        self.cfg = cfg
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.names = [name for name, p in model.named_parameters() if p.requires_grad]
+        self.forward_model = GradSampleModule(model, loss_reduction="mean") if private else model
+
+    def train(self, data: TokenizedDataset, steps: int, seed: int, noise: ClientNoise | None) -> LocalResult:
+        """Run ``steps`` optimizer steps on ``data``; randomness depends only on ``seed``."""
+        batch_generator = torch.Generator().manual_seed(derive_seed(seed, "batches"))
+        optimizer = make_optimizer(self.params, self.cfg)
+        if noise is not None:
+            optimizer = DPOptimizer(
+                optimizer,
+                noise_multiplier=noise.noise_multiplier,
+                max_grad_norm=noise.max_grad_norm,
+                expected_batch_size=max(1, round(noise.sample_rate * len(data))),
+                loss_reduction="mean",
+                generator=None if noise.secure_mode else torch.Generator().manual_seed(derive_seed(seed, "noise")),
+                secure_mode=noise.secure_mode,
+            )
+        self.model.train()
+        losses, examples = [], 0
+        with torch.random.fork_rng():
+            torch.manual_seed(derive_seed(seed, "dropout"))
+            for _ in range(steps):
+                if noise is not None:
+                    indices = poisson_batch(len(data), noise.sample_rate, batch_generator)
+                else:
+                    indices = uniform_batch(len(data), self.cfg.batch_size, batch_generator)
+                optimizer.zero_grad(set_to_none=True)
+                if len(indices) == 0:
+                    self._empty_batch()
+                else:
+                    loss = classification_loss(self.forward_model, data.batch(indices))
+                    loss.backward()
+                    losses.append(float(loss))
+                    examples += len(indices)
+                optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        upload = {name: p.detach().clone() for name, p in zip(self.names, self.params)}
+        mean_loss = sum(losses) / len(losses) if losses else float("nan")
+        return LocalResult(upload, mean_loss, steps, examples)
+
+    def _empty_batch(self) -> None:
+        """A Poisson draw can be empty: the DP step then adds noise to a zero gradient."""
+        for p in self.params:
+            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)

@@ -1,0 +1,263 @@
+"""The round loop: sample clients, train locally, aggregate, account, evaluate, checkpoint.
+
+Reproducibility and resume: every random choice of round t (which clients, each client's
+batches, DP noise and dropout) is drawn from generators seeded by ``(seed, t, client)``
+(:func:`~fedlora_cli.federation.client.derive_seed`), so a run resumed from the checkpoint
+after round t continues bit-identically to one that never stopped (on CPU, secure_mode off).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from fedlora_cli.federation.client import ClientNoise, LocalTrainer, derive_seed
+from fedlora_cli.federation.evaluate import evaluate
+from fedlora_cli.federation.experiment import Experiment
+from fedlora_cli.federation.run_dir import RunDir
+from fedlora_cli.methods.base import tensor_bytes
+from fedlora_cli.models import adapter_state, load_adapter_state
+from fedlora_cli.privacy.sample_level import SampleLevelPlan
+
+BASE_PREFIX = "base::"
+TIMING_KEYS = ("seconds", "aggregation_seconds", "wall_seconds")
+
+
+class Reporter(Protocol):
+    def run_started(self, info: dict) -> None: ...
+    def round_started(self, round_number: int, clients: list[int]) -> None: ...
+    def round_finished(self, metrics: dict) -> None: ...
+    def note(self, text: str) -> None: ...
+    def run_finished(self, summary: dict) -> None: ...
+
+
+@dataclass
+class RunState:
+    """What a checkpoint holds besides the tensors."""
+
+    rounds_done: int = 0
+    metrics: list[dict] = field(default_factory=list)
+    client_steps: list[int] = field(default_factory=list)
+    stopped: str | None = None
+    elapsed: float = 0.0
+
+
+class FederatedRun:
+    def __init__(self, experiment: Experiment, run_dir: RunDir, reporter: Reporter):
+        self.exp = experiment
+        self.recipe = experiment.recipe
+        self.fed = experiment.recipe.federation
+        self.run_dir = run_dir
+        self.reporter = reporter
+        self.model = experiment.model
+        self.method = experiment.method
+        privacy = self.recipe.privacy
+        self.plan = (
+            SampleLevelPlan.build(privacy, self.fed, experiment.client_sizes) if privacy.level == "sample" else None
+        )
+        self.trainer = LocalTrainer(self.model, self.fed, private=self.plan is not None)
+        self.global_state = adapter_state(self.model)
+        self.state = RunState(client_steps=[0] * self.fed.clients)
+
+    # ------------------------------------------------------------------------------- public
+    def run(self) -> dict:
+        """Run (or continue) the rounds; returns the summary written to ``summary.json``."""
+        start = time.perf_counter() - self.state.elapsed
+        self.reporter.run_started(self._info())
+        try:
+            while self.state.rounds_done < self.fed.rounds and self.state.stopped is None:
+                self._round(self.state.rounds_done)
+                self.state.elapsed = time.perf_counter() - start
+                if self.state.rounds_done % self.recipe.output.checkpoint_every == 0:
+                    self.save_checkpoint()
+        except KeyboardInterrupt:
+            self.state.elapsed = time.perf_counter() - start
+            self.save_checkpoint()
+            raise
+        self.state.elapsed = time.perf_counter() - start
+        self.save_checkpoint()
+        summary = self._finish()
+        self.reporter.run_finished(summary)
+        return summary
+
+    def resume(self) -> None:
+        """Load the run directory's checkpoint into this run."""
+        loaded = self.run_dir.load_checkpoint()
+        if loaded is None:
+            return
+        tensors, meta = loaded
+        self.global_state = {k: v for k, v in tensors.items() if not k.startswith(BASE_PREFIX)}
+        base = {k.removeprefix(BASE_PREFIX): v for k, v in tensors.items() if k.startswith(BASE_PREFIX)}
+        if base:
+            by_name = {module.name: module for module in self.method.modules}
+            with torch.no_grad():
+                for name, value in base.items():
+                    by_name[name].base_weight.copy_(value)
+        self.state = RunState(
+            rounds_done=meta["rounds_done"],
+            metrics=self.run_dir.read_metrics()[: meta["rounds_done"]],
+            client_steps=meta["client_steps"],
+            stopped=meta.get("stopped"),
+            elapsed=meta.get("elapsed", 0.0),
+        )
+        if self.plan is not None:
+            for budget, steps in zip(self.plan.clients, self.state.client_steps):
+                budget.steps = steps
+
+    def save_checkpoint(self) -> None:
+        tensors = dict(self.global_state)
+        if self.method.modifies_base:
+            tensors.update({BASE_PREFIX + m.name: m.base_weight for m in self.method.modules})
+        self.run_dir.write_metrics(self.state.metrics)
+        self.run_dir.save_checkpoint(
+            tensors,
+            {
+                "rounds_done": self.state.rounds_done,
+                "client_steps": self.state.client_steps,
+                "stopped": self.state.stopped,
+                "elapsed": self.state.elapsed,
+            },
+        )
+
+    # ------------------------------------------------------------------------------- rounds
+    def sample_clients(self, round_index: int) -> list[int]:
+        rng = np.random.default_rng(derive_seed(self.fed.seed, round_index, "sample"))
+        return sorted(rng.choice(self.fed.clients, size=self.fed.clients_per_round, replace=False).tolist())
+
+    def _round(self, round_index: int) -> None:
+        round_start = time.perf_counter()
+        sampled = self.sample_clients(round_index)
+        if self.plan is not None:
+            over = self.plan.would_exceed(sampled, self.fed.local_steps)
+            if over:
+                self.state.stopped = (
+                    f"stopped before round {round_index + 1}: clients {over} would pass "
+                    f"privacy.max_epsilon={self.recipe.privacy.max_epsilon}"
+                )
+                return
+        self.reporter.round_started(round_index + 1, sampled)
+        download = self.method.download_bytes(self.global_state) * len(sampled)
+        uploads, losses = [], []
+        for client in sampled:
+            load_adapter_state(self.model, self.global_state)
+            result = self.trainer.train(
+                self.exp.client_data[client],
+                self.fed.local_steps,
+                derive_seed(self.fed.seed, round_index, client),
+                self._noise(client),
+            )
+            uploads.append(result.upload)
+            losses.append(result.mean_loss)
+            self.state.client_steps[client] += result.steps
+            if self.plan is not None:
+                self.plan.charge(client, result.steps)
+        upload = sum(tensor_bytes(u.values()) for u in uploads)
+
+        aggregation_start = time.perf_counter()
+        self.global_state = self.method.aggregate(self.global_state, uploads, self._weights(sampled), round_index)
+        aggregation_seconds = time.perf_counter() - aggregation_start
+        load_adapter_state(self.model, self.global_state)
+
+        round_number = round_index + 1
+        metrics = {
+            "round": round_number,
+            "clients": sampled,
+            "train_loss": _mean_finite(losses),
+            "eval_accuracy": None,
+            "eval_loss": None,
+            "epsilon": self.plan.worst_epsilon() if self.plan else None,
+            "bytes_up": upload,
+            "bytes_down": download,
+            "aggregation_seconds": aggregation_seconds,
+        }
+        every = self.fed.eval_every
+        if round_number == self.fed.rounds or (every and round_number % every == 0):
+            scores = self._evaluate()
+            metrics["eval_accuracy"], metrics["eval_loss"] = scores["accuracy"], scores["loss"]
+        metrics["seconds"] = time.perf_counter() - round_start
+        self.state.metrics.append(metrics)
+        self.state.rounds_done = round_number
+        self.reporter.round_finished(metrics)
+
+    def _noise(self, client: int) -> ClientNoise | None:
+        if self.plan is None:
+            return None
+        budget = self.plan.clients[client]
+        privacy = self.recipe.privacy
+        return ClientNoise(budget.sample_rate, budget.noise_multiplier, privacy.max_grad_norm, privacy.secure_mode)
+
+    def _weights(self, sampled: list[int]) -> torch.Tensor:
+        if self.fed.client_weighting == "uniform":
+            raw = torch.ones(len(sampled), dtype=torch.float64)
+        else:
+            raw = torch.tensor([self.exp.client_sizes[k] for k in sampled], dtype=torch.float64)
+        return raw / raw.sum()
+
+    def _evaluate(self) -> dict[str, float]:
+        load_adapter_state(self.model, self.global_state)
+        return evaluate(self.model, self.exp.test_data, len(self.exp.label_names), self.fed.eval_batch_size)
+
+    # ------------------------------------------------------------------------------- finish
+    def _finish(self) -> dict:
+        load_adapter_state(self.model, self.global_state)
+        base = {m.name: m.base_weight for m in self.method.modules} if self.method.modifies_base else None
+        self.run_dir.save_adapter(self.model, base)
+        last_eval = next((m for m in reversed(self.state.metrics) if m["eval_accuracy"] is not None), None)
+        if last_eval is None or last_eval["round"] != self.state.rounds_done:
+            scores = self._evaluate()
+            final_accuracy, final_loss = scores["accuracy"], scores["loss"]
+        else:
+            final_accuracy, final_loss = last_eval["eval_accuracy"], last_eval["eval_loss"]
+        privacy = self.recipe.privacy
+        summary = {
+            "run_dir": str(self.run_dir.path),
+            "method": self.recipe.method.name,
+            "rounds_completed": self.state.rounds_done,
+            "rounds_planned": self.fed.rounds,
+            "final_accuracy": final_accuracy,
+            "final_loss": final_loss,
+            "privacy_level": privacy.level,
+            "epsilon": self.plan.worst_epsilon() if self.plan else None,
+            "delta": privacy.delta if self.plan else None,
+            "accountant": privacy.accountant if self.plan else None,
+            "client_epsilons": self.plan.epsilons() if self.plan else None,
+            "noise_multipliers": [b.noise_multiplier for b in self.plan.clients] if self.plan else None,
+            "client_sizes": self.exp.client_sizes,
+            "client_steps": self.state.client_steps,
+            "bytes_up_total": sum(m["bytes_up"] for m in self.state.metrics),
+            "bytes_down_total": sum(m["bytes_down"] for m in self.state.metrics),
+            "stopped": self.state.stopped,
+            "wall_seconds": self.state.elapsed,
+        }
+        self.run_dir.write_summary(summary)
+        return summary
+
+    def _info(self) -> dict:
+        privacy = self.recipe.privacy
+        info = {
+            "run_dir": str(self.run_dir.path),
+            "recipe": self.recipe.name,
+            "method": self.recipe.method.name,
+            "model": self.recipe.model.name,
+            "clients": self.fed.clients,
+            "client_sizes": self.exp.client_sizes,
+            "rounds": self.fed.rounds,
+            "resumed_at_round": self.state.rounds_done,
+            "privacy_level": privacy.level,
+        }
+        if self.plan is not None:
+            info["noise_multipliers"] = sorted({round(b.noise_multiplier, 4) for b in self.plan.clients})
+            info["target_epsilon"] = privacy.target_epsilon
+            info["delta"] = privacy.delta
+            info["secure_mode"] = privacy.secure_mode
+        return info
+
+
+def _mean_finite(values: list[float]) -> float | None:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None

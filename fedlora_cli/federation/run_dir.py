@@ -1,0 +1,154 @@
+"""A run directory: resolved recipe, metrics, summary, adapter and checkpoint.
+
+Layout::
+
+    RUN_DIR/recipe.yaml          the fully resolved recipe
+    RUN_DIR/metrics.jsonl        one JSON object per completed round
+    RUN_DIR/summary.json         final accuracy, epsilon, totals, wall time
+    RUN_DIR/adapter/             final adapter in PEFT format (+ base_weights.safetensors
+                                 for methods that change the frozen weights)
+    RUN_DIR/checkpoint/          state-<round>.safetensors + meta.json, for --resume
+
+Every file is written atomically (temporary file, fsync, rename), so a crash leaves either the
+old or the new version, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from fedlora_cli.errors import InputError
+
+RECIPE_FILE = "recipe.yaml"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+ADAPTER_DIR = "adapter"
+CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_META = "meta.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp))
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class RunDir:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, parent: str | Path, name: str) -> "RunDir":
+        """A new, uniquely named run directory ``parent/name-YYYYmmdd-HHMMSS``."""
+        parent = Path(parent)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = parent / f"{name}-{stamp}"
+        suffix = 1
+        while path.exists():
+            suffix += 1
+            path = parent / f"{name}-{stamp}-{suffix}"
+        path.mkdir(parents=True)
+        return cls(path)
+
+    @classmethod
+    def at(cls, path: str | Path) -> "RunDir":
+        """An explicit directory (``--out``): must be new or empty."""
+        path = Path(path)
+        if path.exists() and any(path.iterdir()):
+            raise InputError(f"--out {path}: directory exists and is not empty; choose a new one or use --resume {path}")
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(path)
+
+    @classmethod
+    def existing(cls, path: str | Path) -> "RunDir":
+        run = cls(Path(path))
+        if not (run.path / RECIPE_FILE).is_file():
+            raise InputError(f"{path}: not a fedlora run directory (no {RECIPE_FILE})")
+        return run
+
+    # recipe, metrics, summary -------------------------------------------------------------
+    @property
+    def recipe_path(self) -> Path:
+        return self.path / RECIPE_FILE
+
+    def write_recipe(self, text: str) -> None:
+        atomic_write_text(self.recipe_path, text)
+
+    def read_metrics(self) -> list[dict]:
+        path = self.path / METRICS_FILE
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def write_metrics(self, rows: list[dict]) -> None:
+        atomic_write_text(self.path / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in rows))
+
+    def write_summary(self, summary: dict) -> None:
+        atomic_write_text(self.path / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+
+    def read_summary(self) -> dict | None:
+        path = self.path / SUMMARY_FILE
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+    # adapter --------------------------------------------------------------------------------
+    @property
+    def adapter_path(self) -> Path:
+        return self.path / ADAPTER_DIR
+
+    def save_adapter(self, peft_model, base_weights: dict[str, torch.Tensor] | None) -> None:
+        """Save the PEFT adapter (and changed base weights) into ``adapter/`` atomically."""
+        tmp = self.path / f".{ADAPTER_DIR}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        peft_model.save_pretrained(str(tmp))
+        if base_weights:
+            save_file({k: v.detach().contiguous() for k, v in base_weights.items()}, str(tmp / "base_weights.safetensors"))
+        old = self.path / f".{ADAPTER_DIR}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if self.adapter_path.exists():
+            os.replace(self.adapter_path, old)
+        os.replace(tmp, self.adapter_path)
+        shutil.rmtree(old, ignore_errors=True)
+
+    # checkpoint -----------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / CHECKPOINT_DIR
+
+    def save_checkpoint(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """Tensors to ``state-<round>.safetensors``, then the meta that points at it (atomic)."""
+        self.checkpoint_path.mkdir(exist_ok=True)
+        state_name = f"state-{meta['rounds_done']:05d}.safetensors"
+        atomic_save_tensors(self.checkpoint_path / state_name, tensors)
+        atomic_write_text(self.checkpoint_path / CHECKPOINT_META, json.dumps({**meta, "state_file": state_name}, indent=2))
+        for stale in self.checkpoint_path.glob("state-*.safetensors"):
+            if stale.name != state_name:
+                stale.unlink()
+
+    def load_checkpoint(self) -> tuple[dict[str, torch.Tensor], dict] | None:
+        meta_path = self.checkpoint_path / CHECKPOINT_META
+        if not meta_path.exists():
+            return None
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        return load_file(str(self.checkpoint_path / meta["state_file"])), meta

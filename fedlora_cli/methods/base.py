@@ -1,0 +1,69 @@
+"""The interface every aggregation method implements, and the helpers they share.
+
+A round: the server broadcasts the global adapter, each sampled client k trains the tensors
+``Method.is_trainable`` allows and uploads them, and the server computes the weighted mean
+``Σ p_k x_k`` of every uploaded tensor (:func:`weighted_mean`) before the method's own
+``server_update`` turns it into the next global adapter (and, for some methods, updates the
+frozen base weights).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from fedlora_cli.models import LoraModule, is_head_parameter
+from fedlora_cli.recipe import MethodConfig
+
+State = dict[str, torch.Tensor]
+
+
+def weighted_mean(uploads: list[State], weights: torch.Tensor) -> State:
+    """``Σ_k p_k · upload_k[key]`` for every key (weights sum to one), computed in float64."""
+    keys = uploads[0].keys()
+    return {
+        key: sum(float(w) * upload[key].double() for w, upload in zip(weights, uploads)).to(uploads[0][key].dtype)
+        for key in keys
+    }
+
+
+def tensor_bytes(tensors) -> int:
+    """Bytes of the tensors as sent over the wire (raw element storage)."""
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class Method:
+    """Base class: subclasses set ``name`` and override what differs from FedAvg-LoRA."""
+
+    name: ClassVar[str]
+    trains_a: ClassVar[bool] = True
+    modifies_base: ClassVar[bool] = False
+
+    def __init__(self, cfg: MethodConfig, modules: list[LoraModule], train_head: bool):
+        self.cfg = cfg
+        self.modules = modules
+        self.train_head = train_head
+
+    def is_trainable(self, name: str) -> bool:
+        """Whether clients train the adapter parameter ``name``."""
+        if is_head_parameter(name):
+            return self.train_head
+        if ".lora_A." in name:
+            return self.trains_a
+        return ".lora_B." in name
+
+    def broadcast_keys(self, state: State) -> list[str]:
+        """The global tensors the server sends to every sampled client each round."""
+        return [key for key in state if self.is_trainable(key)]
+
+    def download_bytes(self, state: State) -> int:
+        """Bytes one client receives at the start of a round."""
+        return tensor_bytes(state[key] for key in self.broadcast_keys(state))
+
+    def server_update(self, global_state: State, mean: State, uploads: list[State], weights: torch.Tensor, round_index: int) -> State:
+        """The next global adapter from the weighted mean of the uploads (default: take the mean)."""
+        return {**global_state, **mean}
+
+    def aggregate(self, global_state: State, uploads: list[State], weights: torch.Tensor, round_index: int) -> State:
+        return self.server_update(global_state, weighted_mean(uploads, weights), uploads, weights, round_index)

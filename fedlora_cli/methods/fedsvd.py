@@ -1,0 +1,58 @@
+"""FedSVD (Lee et al., "FedSVD: Adaptive Orthogonalization for Private Federated Learning
+with LoRA", 2025; code: seanie12/fed-svd).
+
+Clients train only B against the current global A. The server averages ``B' = Σ p_k B_k`` and,
+every ``svd_period`` rounds, re-factorizes the product: ``U Σ Vᵀ = svd(B'·A)``,
+``A ← Vᵀ[:r]``, ``B ← U[:, :r]·Σ[:r]``. Since rank(B'A) ≤ r this is exact (``B_new A_new = B'A``)
+and leaves A with orthonormal rows, which bounds B's gradient norm under clipping.
+
+The published code takes a dense SVD of the out×in product. :func:`refactorize` gets the same
+factors from the thin ones in O((out+in)·r²): ``B' = Q R`` (QR, Q out×r), ``svd(R·A) = U' Σ Vᵀ``
+(r×in), so ``A ← Vᵀ``, ``B ← Q·U'·Σ``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fedlora_cli.methods.base import Method, State
+from fedlora_cli.methods.registry import register
+
+
+def refactorize(b: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B_new, A_new) with ``B_new @ A_new == b @ a`` and orthonormal rows in A_new (QR path)."""
+    q, r = torch.linalg.qr(b.double())
+    u, s, vh = torch.linalg.svd(r @ a.double(), full_matrices=False)
+    return (q @ (u * s)).to(b.dtype), vh.to(a.dtype)
+
+
+def refactorize_dense(b: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The published code's path: a full SVD of the dense out×in product ``b @ a``."""
+    rank = a.shape[0]
+    u, s, vh = torch.linalg.svd(b.double() @ a.double(), full_matrices=False)
+    return (u[:, :rank] * s[:rank]).to(b.dtype), vh[:rank].to(a.dtype)
+
+
+@register
+class FedSVD(Method):
+    name = "fedsvd"
+    trains_a = False
+
+    def refactorizes_in(self, round_index: int) -> bool:
+        period = self.cfg.svd_period
+        return period > 0 and (round_index + 1) % period == 0
+
+    def broadcast_keys(self, state: State) -> list[str]:
+        """B (and the head) always; A too once re-factorization can change it."""
+        keys = super().broadcast_keys(state)
+        if self.cfg.svd_period > 0:
+            keys += [module.a_key for module in self.modules]
+        return keys
+
+    def server_update(self, global_state, mean, uploads, weights, round_index) -> State:
+        state = {**global_state, **mean}
+        if self.refactorizes_in(round_index):
+            factorize = refactorize if self.cfg.svd_mode == "qr" else refactorize_dense
+            for module in self.modules:
+                state[module.b_key], state[module.a_key] = factorize(state[module.b_key], state[module.a_key])
+        return state

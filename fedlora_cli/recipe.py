@@ -1,0 +1,312 @@
+"""Recipe schema, YAML loading and ``key.sub=value`` overrides.
+
+A recipe is a YAML document with the sections below. Every problem in a recipe is collected
+and reported at once (:class:`~fedlora_cli.errors.InputError`), each naming the dotted key and
+the fix; unknown keys get a did-you-mean.
+"""
+
+from __future__ import annotations
+
+import difflib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fedlora_cli.errors import InputError
+
+DEFAULT_RECIPE = "default"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    """The pretrained model and its LoRA adapter."""
+
+    name: str = Field("minilm", description="builtin alias (minilm), Hugging Face id or local directory")
+    rank: int = Field(8, ge=1, description="LoRA rank r")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha; the adapter is scaled by alpha/r")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
+    target_modules: list[str] = Field(default_factory=lambda: ["query", "value"], min_length=1)
+    train_head: bool = Field(True, description="train and average the classifier head (else frozen)")
+
+
+class DataConfig(Section):
+    """Where the text classification data comes from."""
+
+    source: str = Field("bbc_news", description="builtin name (bbc_news) or a .csv/.tsv/.jsonl file")
+    text_column: str = "text"
+    text_pair_column: str | None = Field(None, description="second text column for sentence pairs")
+    label_column: str = "label"
+    column_names: list[str] | None = Field(None, description="column names of a header-less CSV/TSV")
+    test_path: str | None = Field(None, description="separate test file; else test_fraction is held out")
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    split_seed: int = 0
+    max_length: int = Field(128, ge=8, le=4096, description="tokens per example (truncation)")
+    max_train_samples: int | None = Field(None, ge=1, description="use a seeded subset of the training set")
+    max_test_samples: int | None = Field(None, ge=1, description="use a seeded subset of the test set")
+
+
+class PartitionConfig(Section):
+    """How the training set is split into clients."""
+
+    method: str = Field("dirichlet", description="iid or dirichlet")
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration over labels (smaller: more skewed)")
+    seed: int = 0
+    min_samples: int = Field(8, ge=1, description="every client gets at least this many examples")
+
+    @field_validator("method")
+    @classmethod
+    def _known_partitioner(cls, value: str) -> str:
+        from fedlora_cli.data.partition import PARTITIONERS
+
+        return _check_choice(value, PARTITIONERS)
+
+
+class FederationConfig(Section):
+    """The federated rounds."""
+
+    clients: int = Field(6, ge=1)
+    clients_per_round: int = Field(3, ge=1)
+    rounds: int = Field(5, ge=1)
+    local_steps: int = Field(10, ge=1, description="optimizer steps per sampled client per round")
+    batch_size: int = Field(32, ge=1, description="expected batch size (Poisson sampling under DP)")
+    lr: float = Field(0.5, gt=0)
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    seed: int = 0
+    eval_every: int = Field(1, ge=0, description="evaluate every N rounds (0: only at the end)")
+    eval_batch_size: int = Field(64, ge=1)
+    client_weighting: Literal["samples", "uniform"] = "samples"
+
+    @model_validator(mode="after")
+    def _sampled_within_clients(self) -> "FederationConfig":
+        if self.clients_per_round > self.clients:
+            raise ValueError(
+                f"clients_per_round ({self.clients_per_round}) is above clients ({self.clients}); "
+                f"set federation.clients_per_round to at most {self.clients}"
+            )
+        return self
+
+
+class MethodConfig(Section):
+    """The aggregation method and its options."""
+
+    name: str = Field("fedsvd", description="aggregation method (see `fedlora recipes show`)")
+    svd_period: int = Field(1, ge=0, description="fedsvd: re-factorize every k rounds (0: never)")
+    svd_mode: Literal["qr", "dense"] = Field("qr", description="fedsvd: exact QR path or dense SVD of B@A")
+
+    @field_validator("name")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        from fedlora_cli.methods import METHODS
+
+        return _check_choice(value, METHODS)
+
+
+class PrivacyConfig(Section):
+    """Differential privacy. ``level: sample`` runs DP-SGD (Opacus) on every client."""
+
+    level: Literal["none", "sample"] = "sample"
+    target_epsilon: float | None = Field(6.0, gt=0, description="calibrate the noise to reach this epsilon")
+    noise_multiplier: float | None = Field(None, ge=0, description="fixed noise multiplier instead")
+    max_grad_norm: float = Field(1.0, gt=0, description="per-sample clipping norm C")
+    delta: float = Field(1e-5, gt=0, lt=1)
+    accountant: Literal["rdp", "prv", "gdp"] = "rdp"
+    max_epsilon: float | None = Field(None, gt=0, description="stop before a round would pass this epsilon")
+    secure_mode: bool = Field(False, description="cryptographically secure noise (Opacus secure_mode)")
+
+    @model_validator(mode="after")
+    def _one_noise_source(self) -> "PrivacyConfig":
+        if self.level == "none":
+            return self
+        if self.target_epsilon is None and self.noise_multiplier is None:
+            raise ValueError("set privacy.target_epsilon or privacy.noise_multiplier (or privacy.level=none)")
+        if self.target_epsilon is not None and self.noise_multiplier is not None:
+            raise ValueError(
+                "set only one of privacy.target_epsilon and privacy.noise_multiplier "
+                "(e.g. add privacy.target_epsilon=null)"
+            )
+        return self
+
+
+class OutputConfig(Section):
+    """Where runs are written."""
+
+    dir: str = Field("runs", description="parent directory of run directories")
+    checkpoint_every: int = Field(1, ge=1, description="checkpoint every N rounds (and at the end)")
+
+
+class Recipe(Section):
+    name: str = "custom"
+    description: str = ""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    partition: PartitionConfig = Field(default_factory=PartitionConfig)
+    federation: FederationConfig = Field(default_factory=FederationConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    def resolved(self) -> dict[str, Any]:
+        """The fully resolved recipe as plain data (what is written into a run directory)."""
+        return self.model_dump(mode="json")
+
+
+def _check_choice(value: str, choices: dict[str, Any]) -> str:
+    if value not in choices:
+        hint = _did_you_mean(value, list(choices))
+        raise ValueError(f"unknown '{value}'{hint}; choose one of: {', '.join(sorted(choices))}")
+    return value
+
+
+def _did_you_mean(word: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """The valid key names at a location of the recipe tree (for did-you-mean)."""
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _describe(error: dict) -> str:
+    loc = tuple(error["loc"])
+    key = ".".join(str(p) for p in loc) or "(recipe)"
+    if error["type"] == "extra_forbidden":
+        valid = _fields_at(loc[:-1])
+        hint = _did_you_mean(str(loc[-1]), valid)
+        return f"{key}: unknown key{hint}; valid keys here: {', '.join(valid)}"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] in {"model_type", "dict_type"}:
+        return f"{key}: expected a mapping of keys, got {error.get('input')!r}"
+    if error["type"] == "missing":
+        return f"{key}: required"
+    got = f" (got {error['input']!r})" if "input" in error and not isinstance(error["input"], dict) else ""
+    return f"{key}: {message}{got}"
+
+
+def set_dotted(tree: dict, dotted_key: str, value: Any) -> None:
+    """Set ``tree[a][b][c] = value`` for ``a.b.c``, creating mappings on the way."""
+    parts = dotted_key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(tree: dict, overrides: list[str]) -> list[str]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML); returns the problems found."""
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"override '{item}': expected key.sub=value, e.g. federation.rounds=3")
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        set_dotted(tree, key.strip(), value)
+    return problems
+
+
+def builtin_recipe_dir() -> Path:
+    return Path(str(resources.files("fedlora_cli.recipes")))
+
+
+def builtin_recipes() -> dict[str, Path]:
+    """Builtin recipe name -> file."""
+    return {path.stem: path for path in sorted(builtin_recipe_dir().glob("*.yaml"))}
+
+
+def resolve_recipe_path(name_or_path: str | None) -> Path:
+    """A recipe file from a path, or from a builtin recipe's name (default when None)."""
+    if name_or_path is None:
+        name_or_path = DEFAULT_RECIPE
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    builtins = builtin_recipes()
+    if name_or_path in builtins:
+        return builtins[name_or_path]
+    hint = _did_you_mean(name_or_path, list(builtins))
+    raise InputError(
+        f"no recipe file or builtin recipe named '{name_or_path}'{hint}; "
+        f"builtin recipes: {', '.join(builtins)} (see `fedlora recipes list`)"
+    )
+
+
+def read_recipe_tree(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read recipe: {exc.strerror}", source=str(path)) from None
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InputError(f"not valid YAML: {exc}", source=str(path)) from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise InputError("a recipe must be a YAML mapping of sections (model, data, ...)", source=str(path))
+    return tree
+
+
+def parse_recipe(tree: dict, *, source: str | None = None, base_dir: Path | None = None) -> Recipe:
+    """Validate a recipe tree, raising one InputError that lists every problem.
+
+    Relative data paths are resolved against ``base_dir`` when they exist there, otherwise
+    against the current directory.
+    """
+    try:
+        recipe = Recipe.model_validate(tree)
+    except ValidationError as exc:
+        raise InputError([_describe(e) for e in exc.errors()], source=source) from None
+    if base_dir is not None:
+        _resolve_data_paths(recipe.data, base_dir)
+    return recipe
+
+
+def _resolve_data_paths(data: DataConfig, base_dir: Path) -> None:
+    for attr in ("source", "test_path"):
+        value = getattr(data, attr)
+        if value is None or value == "bbc_news" or Path(value).is_absolute() or Path(value).exists():
+            continue
+        candidate = base_dir / value
+        if candidate.exists():
+            setattr(data, attr, str(candidate.resolve()))
+
+
+def load_recipe(name_or_path: str | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Load a recipe file (or builtin name), apply overrides, validate everything at once."""
+    path = resolve_recipe_path(name_or_path)
+    tree = read_recipe_tree(path)
+    problems = apply_overrides(tree, overrides or [])
+    try:
+        recipe = parse_recipe(tree, source=str(path), base_dir=path.parent)
+    except InputError as exc:
+        raise InputError(problems + exc.problems, source=str(path)) from None
+    if problems:
+        raise InputError(problems, source=str(path))
+    return recipe
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.resolved(), sort_keys=False)

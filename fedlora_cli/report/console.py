@@ -1,0 +1,163 @@
+"""Round-by-round reporting: a live Rich table on a terminal, JSON lines otherwise.
+
+The Rich table goes to stdout and notes to stderr; with ``--json`` (or when stdout is not a
+terminal) stdout carries exactly one JSON object per round plus one final summary object,
+each with a ``"type"`` field (``"round"`` or ``"summary"``), and nothing decorative.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+COLUMNS = ("round", "clients", "train loss", "accuracy", "epsilon", "up", "down", "agg s", "seconds")
+
+
+def human_bytes(count: int | None) -> str:
+    if count is None:
+        return "-"
+    value = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "inf" if math.isinf(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _json_ready(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+class LiveTableReporter:
+    """A Rich table that grows by one row per round, with a status line underneath."""
+
+    def __init__(self, console: Console | None = None, err_console: Console | None = None, quiet: bool = False):
+        self.console = console or Console()
+        self.err = err_console or Console(stderr=True)
+        self.quiet = quiet
+        self.rows: list[dict] = []
+        self.status = Text("")
+        self.live: Live | None = None
+
+    def _table(self) -> Table:
+        table = Table(title="fedlora rounds", title_justify="left")
+        for column in COLUMNS:
+            table.add_column(column, justify="right")
+        for m in self.rows:
+            table.add_row(
+                str(m["round"]),
+                ",".join(str(c) for c in m["clients"]),
+                _fmt(m["train_loss"]),
+                _fmt(m["eval_accuracy"]),
+                _fmt(m["epsilon"], 3),
+                human_bytes(m["bytes_up"]),
+                human_bytes(m["bytes_down"]),
+                _fmt(m["aggregation_seconds"], 3),
+                _fmt(m["seconds"], 1),
+            )
+        return table
+
+    def _render(self):
+        return Group(self._table(), self.status)
+
+    def run_started(self, info: dict) -> None:
+        if not self.quiet:
+            privacy = info["privacy_level"]
+            line = f"run {info['run_dir']}: {info['method']} on {info['model']}, {info['clients']} clients {info['client_sizes']}, {info['rounds']} rounds, privacy {privacy}"
+            if privacy == "sample":
+                line += f" (target epsilon {info['target_epsilon']}, delta {info['delta']}, noise multipliers {info['noise_multipliers']})"
+                if not info["secure_mode"]:
+                    line += "; secure_mode off (noise from torch's PRNG)"
+            if info["resumed_at_round"]:
+                line += f"; resuming after round {info['resumed_at_round']}"
+            self.console.print(line, markup=False, highlight=False)
+        self.live = Live(self._render(), console=self.console, auto_refresh=False, transient=False)
+        self.live.start()
+
+    def round_started(self, round_number: int, clients: list[int]) -> None:
+        self.status = Text(f"round {round_number}: training clients {clients} ...", style="dim")
+        self._refresh()
+
+    def round_finished(self, metrics: dict) -> None:
+        self.rows.append(metrics)
+        self.status = Text("")
+        self._refresh()
+
+    def _refresh(self) -> None:
+        if self.live is not None:
+            self.live.update(self._render(), refresh=True)
+
+    def note(self, text: str) -> None:
+        self.err.print(text, markup=False, highlight=False)
+
+    def stop(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+    def run_finished(self, summary: dict) -> None:
+        self.stop()
+        if self.quiet:
+            return
+        eps = summary["epsilon"]
+        privacy = f"epsilon {eps:.3f} (worst client), delta {summary['delta']}" if eps is not None else "no DP"
+        self.console.print(
+            f"final accuracy {summary['final_accuracy']:.4f}, {privacy}, "
+            f"{human_bytes(summary['bytes_up_total'])} up / {human_bytes(summary['bytes_down_total'])} down, "
+            f"{summary['wall_seconds']:.0f} s",
+            markup=False,
+            highlight=False,
+        )
+        if summary["stopped"]:
+            self.console.print(summary["stopped"], markup=False, highlight=False)
+        self.console.print(f"run directory: {summary['run_dir']}", markup=False, highlight=False)
+
+
+class JsonLinesReporter:
+    """One JSON object per round on stdout; notes on stderr."""
+
+    def __init__(self, stream=None, err=None):
+        self.stream = stream or sys.stdout
+        self.err = err or sys.stderr
+
+    def _emit(self, kind: str, payload: dict) -> None:
+        self.stream.write(json.dumps({"type": kind, **_json_ready(payload)}) + "\n")
+        self.stream.flush()
+
+    def run_started(self, info: dict) -> None:
+        pass
+
+    def round_started(self, round_number: int, clients: list[int]) -> None:
+        pass
+
+    def round_finished(self, metrics: dict) -> None:
+        self._emit("round", metrics)
+
+    def note(self, text: str) -> None:
+        print(text, file=self.err)
+
+    def stop(self) -> None:
+        pass
+
+    def run_finished(self, summary: dict) -> None:
+        self._emit("summary", summary)

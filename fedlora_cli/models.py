@@ -51,7 +51,9 @@ def load_base_model(name: str, num_labels: int, seed: int) -> torch.nn.Module:
     try:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(name), num_labels=num_labels)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                resolve_model_path(name), num_labels=num_labels, ignore_mismatched_sizes=True
+            )
     except (OSError, ValueError) as exc:
         raise InputError(
             f"model.name: cannot load '{name}' ({_first_line(exc)}); use a builtin alias "

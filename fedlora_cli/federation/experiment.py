@@ -40,7 +40,8 @@ def build_model(recipe: Recipe, num_labels: int) -> tuple[torch.nn.Module, Metho
     """Base model + LoRA adapter, trainable parameters set by the method (one model for all clients)."""
     base = load_base_model(recipe.model.name, num_labels, recipe.federation.seed)
     model = add_lora(base, recipe.model, recipe.federation.seed)
-    method = get_method_class(recipe.method.name)(recipe.method, lora_modules(model), recipe.model.train_head)
+    method = get_method_class(recipe.method.name)(recipe, lora_modules(model))
+    method.setup()
     for name, param in model.named_parameters():
         param.requires_grad_(method.is_trainable(name))
     return model, method

@@ -9,12 +9,14 @@ frozen base weights).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import ClassVar
 
 import torch
 
 from fedlora_cli.models import LoraModule, is_head_parameter
-from fedlora_cli.recipe import MethodConfig
+from fedlora_cli.recipe import Recipe
 
 State = dict[str, torch.Tensor]
 
@@ -34,16 +36,29 @@ def tensor_bytes(tensors) -> int:
 
 
 class Method:
-    """Base class: subclasses set ``name`` and override what differs from FedAvg-LoRA."""
+    """Base class: subclasses set ``name`` and override what differs from FedAvg-LoRA.
+
+    Built from the recipe (``method`` options, ``model.train_head``, the run seed and
+    ``federation.clients_per_round``) and the model's LoRA modules, before anything trains.
+    """
 
     name: ClassVar[str]
     trains_a: ClassVar[bool] = True
     modifies_base: ClassVar[bool] = False
+    #: True when ``server_update`` needs each client's raw upload (not just the weighted mean),
+    #: e.g. FedEx-LoRA's residual ``Σp_k B_k A_k − B̄Ā`` or FLoRA's stacking. Such a server step
+    #: is not post-processing of a noised mean, so client-level DP refuses these methods.
+    uses_raw_uploads: ClassVar[bool] = False
 
-    def __init__(self, cfg: MethodConfig, modules: list[LoraModule], train_head: bool):
-        self.cfg = cfg
+    def __init__(self, recipe: Recipe, modules: list[LoraModule]):
+        self.cfg = recipe.method
         self.modules = modules
-        self.train_head = train_head
+        self.train_head = recipe.model.train_head
+        self.seed = recipe.federation.seed
+        self.clients_per_round = recipe.federation.clients_per_round
+
+    def setup(self) -> None:
+        """Change the adapter's structure or initial values before trainable flags are set (default: nothing)."""
 
     def is_trainable(self, name: str) -> bool:
         """Whether clients train the adapter parameter ``name``."""
@@ -57,8 +72,8 @@ class Method:
         """The global tensors the server sends to every sampled client each round."""
         return [key for key in state if self.is_trainable(key)]
 
-    def download_bytes(self, state: State) -> int:
-        """Bytes one client receives at the start of a round."""
+    def download_bytes(self, state: State, round_index: int) -> int:
+        """Bytes one client receives at the start of round ``round_index`` (0-based)."""
         return tensor_bytes(state[key] for key in self.broadcast_keys(state))
 
     def server_update(self, global_state: State, mean: State, uploads: list[State], weights: torch.Tensor, round_index: int) -> State:
@@ -67,3 +82,9 @@ class Method:
 
     def aggregate(self, global_state: State, uploads: list[State], weights: torch.Tensor, round_index: int) -> State:
         return self.server_update(global_state, weighted_mean(uploads, weights), uploads, weights, round_index)
+
+    @contextlib.contextmanager
+    def exported(self) -> Iterator[None]:
+        """While open, the model is a standard peft LoRA model with the same effective weights
+        (for saving the adapter in PEFT format); default: it already is one."""
+        yield

@@ -1,8 +1,14 @@
-"""Text classification data sources: the builtin BBC News set and local CSV/TSV/JSONL files.
+"""Text classification data sources: the builtin BBC News set, local CSV/TSV/JSONL files and
+Hugging Face ``datasets`` directories saved with ``save_to_disk``.
 
 Every source yields a train and a test :class:`TextDataset` whose labels are integers indexing
 ``label_names``. Problems with a file (missing, empty, unknown column, undecodable line,
 labels only in test) raise :class:`~fedlora_cli.errors.InputError` naming the file and the fix.
+
+A saved ``Dataset`` is used like a file (``data.test_fraction`` is held out). A saved
+``DatasetDict`` must have a ``train`` split; its ``test`` split (else ``validation``) is the
+test set unless ``data.test_path`` is set. ``ClassLabel`` columns keep their declared names and
+order. Reading them needs the optional ``datasets`` package (``pip install 'fedlora[hf]'``).
 """
 
 from __future__ import annotations
@@ -43,6 +49,104 @@ class RawRows:
     texts: list[str]
     text_pairs: list[str] | None
     labels: list[str]
+    declared_names: list[str] | None = None  # a ClassLabel's names, in order (HF datasets)
+
+
+HF_TEST_SPLITS = ("test", "validation")
+
+
+def _load_from_disk(path: Path):
+    try:
+        import datasets
+    except ImportError:
+        raise InputError(
+            f"data: {path} is a directory; reading a Hugging Face dataset saved with save_to_disk needs the "
+            "`datasets` package: pip install datasets (or pip install 'fedlora[hf]')"
+        ) from None
+    try:
+        return datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise InputError(
+            f"{path}: not a Hugging Face dataset saved with Dataset.save_to_disk or DatasetDict.save_to_disk "
+            f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
+            "point data.source at such a directory or at a .csv/.tsv/.jsonl file"
+        ) from None
+
+
+def _hf_column(dataset, name: str, key: str, where: str) -> list:
+    available = list(dataset.column_names)
+    if name not in available:
+        from fedlora_cli.recipe import _did_you_mean
+
+        raise InputError(
+            f"data.{key}: column '{name}' not in {where}{_did_you_mean(name, available)}; columns: {', '.join(available)}"
+        )
+    values = dataset[name]
+    for number, value in enumerate(values):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise InputError(f"{where}, row {number}: column '{name}' is empty")
+    return values
+
+
+def _hf_rows(dataset, cfg: DataConfig, where: str) -> RawRows:
+    """A ``datasets.Dataset`` as :class:`RawRows` (ClassLabel ids become their names)."""
+    if len(dataset) == 0:
+        raise InputError(f"{where}: the dataset has no rows")
+    texts = [str(v) for v in _hf_column(dataset, cfg.text_column, "text_column", where)]
+    pairs = (
+        [str(v) for v in _hf_column(dataset, cfg.text_pair_column, "text_pair_column", where)]
+        if cfg.text_pair_column
+        else None
+    )
+    raw_labels = _hf_column(dataset, cfg.label_column, "label_column", where)
+    feature = dataset.features[cfg.label_column]
+    names = getattr(feature, "names", None)
+    if names is not None and type(feature).__name__ == "ClassLabel":
+        bad = sorted({v for v in raw_labels if not 0 <= int(v) < len(names)})
+        if bad:
+            raise InputError(f"{where}: label ids {bad[:5]} are outside the ClassLabel's {len(names)} names")
+        return RawRows(texts, pairs, [names[int(v)] for v in raw_labels], list(names))
+    return RawRows(texts, pairs, [str(v) for v in raw_labels])
+
+
+def _is_split_dict(loaded) -> bool:
+    import datasets
+
+    return isinstance(loaded, (datasets.DatasetDict, dict))
+
+
+def read_hf_disk(path: Path, cfg: DataConfig) -> tuple[RawRows, RawRows | None]:
+    """Train rows, and test rows for a DatasetDict with a test (or validation) split."""
+    loaded = _load_from_disk(path)
+    if not _is_split_dict(loaded):
+        return _hf_rows(loaded, cfg, str(path)), None
+    splits = list(loaded.keys())
+    if "train" not in splits:
+        raise InputError(
+            f"{path}: a saved DatasetDict needs a 'train' split (it has {', '.join(splits) or 'none'}); "
+            "save the training data as 'train'"
+        )
+    train = _hf_rows(loaded["train"], cfg, f"{path} (split train)")
+    test_split = next((name for name in HF_TEST_SPLITS if name in splits), None)
+    test = _hf_rows(loaded[test_split], cfg, f"{path} (split {test_split})") if test_split else None
+    return train, test
+
+
+def read_test_rows(path: Path, cfg: DataConfig) -> RawRows:
+    """Rows of a test file, or of a saved HF dataset (a DatasetDict's test or validation split)."""
+    if not path.is_dir():
+        return read_table(path, cfg)
+    loaded = _load_from_disk(path)
+    if not _is_split_dict(loaded):
+        return _hf_rows(loaded, cfg, str(path))
+    splits = list(loaded.keys())
+    test_split = next((name for name in HF_TEST_SPLITS if name in splits), None)
+    if test_split is None:
+        raise InputError(
+            f"{path}: a saved DatasetDict used as test data needs a 'test' or 'validation' split "
+            f"(it has {', '.join(splits) or 'none'})"
+        )
+    return _hf_rows(loaded[test_split], cfg, f"{path} (split {test_split})")
 
 
 def bbc_news_dir() -> Path:
@@ -135,7 +239,9 @@ def read_table(path: Path, cfg: DataConfig) -> RawRows:
     return RawRows(texts, pairs, labels)
 
 
-def _label_names(train_labels: list[str]) -> list[str]:
+def _label_names(train_labels: list[str], declared: list[str] | None = None) -> list[str]:
+    if declared is not None:
+        return list(declared)
     unique = sorted(set(train_labels))
     if all(label.lstrip("-").isdigit() for label in unique):
         return [str(v) for v in sorted(int(label) for label in unique)]
@@ -163,20 +269,27 @@ def _seeded_subset(dataset: TextDataset, limit: int | None, seed: int) -> TextDa
 
 def load_datasets(cfg: DataConfig) -> tuple[TextDataset, TextDataset]:
     """The train and test sets a recipe's data section describes."""
+    split_test = None
     if cfg.source == "bbc_news":
         rows = read_bbc_news()
         where = "bbc_news"
     else:
         path = Path(cfg.source)
-        rows = read_table(path, cfg)
         where = str(path)
-    names = _label_names(rows.labels)
+        if path.is_dir():
+            rows, split_test = read_hf_disk(path, cfg)
+        else:
+            rows = read_table(path, cfg)
+    names = _label_names(rows.labels, rows.declared_names)
     if len(names) < 2:
         raise InputError(f"{where}: only one label ({names}); classification needs at least two")
     full = _to_dataset(rows, names, where)
     if cfg.test_path:
         test_path = Path(cfg.test_path)
-        test = _to_dataset(read_table(test_path, cfg), names, str(test_path))
+        test = _to_dataset(read_test_rows(test_path, cfg), names, str(test_path))
+        train = full
+    elif split_test is not None:
+        test = _to_dataset(split_test, names, f"{where} (test split)")
         train = full
     else:
         order = np.random.default_rng(cfg.split_seed).permutation(len(full))
@@ -186,3 +299,10 @@ def load_datasets(cfg: DataConfig) -> tuple[TextDataset, TextDataset]:
     train = _seeded_subset(train, cfg.max_train_samples, cfg.split_seed)
     test = _seeded_subset(test, cfg.max_test_samples, cfg.split_seed + 1)
     return train, test
+
+
+def load_labeled_file(path: str | Path, cfg: DataConfig, label_names: list[str]) -> TextDataset:
+    """Another file (or saved HF dataset; its test split) with the recipe's columns, labelled
+    with the training set's ``label_names`` (e.g. for ``fedlora eval --data``)."""
+    path = Path(path)
+    return _to_dataset(read_test_rows(path, cfg), label_names, str(path))

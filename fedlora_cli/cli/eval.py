@@ -1,0 +1,70 @@
+"""Score a trained adapter: accuracy, macro-F1 and loss on the recipe's test split.
+
+`fedlora eval RUN_DIR` uses the run's recipe.yaml and final adapter; `--adapter DIR --recipe FILE`
+any adapter. `--per-client` also scores every client's local training data (fairness: mean,
+worst, best, spread); `--data FILE` scores another file with the recipe's columns.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedlora_cli.cli.common import err_console, guarded, wants_json
+from fedlora_cli.federation.artifacts import evaluate_adapter, resolve_target
+
+
+def _row(name: str, scores: dict) -> list[str]:
+    return [name, str(scores["samples"]), f"{scores['accuracy']:.4f}", f"{scores['macro_f1']:.4f}", f"{scores['loss']:.4f}"]
+
+
+def eval_table(result: dict) -> Table:
+    title = result["run_dir"] or result["adapter"]
+    table = Table(title=f"eval of {title} ({result['method']})", title_justify="left")
+    table.add_column("data")
+    for column in ("samples", "accuracy", "macro-F1", "loss"):
+        table.add_column(column, justify="right")
+    table.add_row(*_row("test", result["test"]))
+    if "data" in result:
+        table.add_row(*_row(result["data"]["file"], result["data"]))
+    if "clients" in result:
+        table.add_section()
+        for client in result["clients"]:
+            table.add_row(*_row(f"client {client['client']}", client))
+    return table
+
+
+def fairness_line(fair: dict) -> str:
+    return (
+        f"clients: mean accuracy {fair['mean_accuracy']:.4f}, worst {fair['worst_accuracy']:.4f} "
+        f"(client {fair['worst_client']}), best {fair['best_accuracy']:.4f}, "
+        f"spread {fair['spread']:.4f}, std {fair['std']:.4f}"
+    )
+
+
+@guarded
+def eval_command(
+    run_dir: Optional[Path] = typer.Argument(None, help="run directory (uses its recipe.yaml and adapter/)"),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="a PEFT adapter directory (with --recipe)"),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="the recipe the adapter was trained with (with --adapter)"),
+    per_client: bool = typer.Option(False, "--per-client", help="also score each client's local data (fairness)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="also score this file (same columns as the recipe's data)"),
+    json_output: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
+) -> None:
+    target = resolve_target(run_dir, adapter, recipe)
+    as_json = wants_json(json_output)
+    if as_json:
+        result = evaluate_adapter(target, per_client=per_client, data_file=data)
+        print(json.dumps(result))
+        return
+    with err_console().status("evaluating ..."):
+        result = evaluate_adapter(target, per_client=per_client, data_file=data)
+    console = Console()
+    console.print(eval_table(result))
+    if "fairness" in result:
+        console.print(fairness_line(result["fairness"]), markup=False, highlight=False)

@@ -1,0 +1,186 @@
+"""Load what a run left behind (recipe + final adapter) and score it again.
+
+``fedlora eval`` is built on this: :func:`load_adapter_model` rebuilds the exact model a run
+evaluated (same base model, same seeded head init, the saved PEFT adapter, and for methods that
+change the frozen weights the saved base weights), and :func:`evaluate_adapter` scores it on the
+recipe's test split, optionally on every client's local data (fairness) and on another file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedlora_cli.data.batching import tokenize
+from fedlora_cli.data.partition import partition
+from fedlora_cli.data.sources import TextDataset, load_datasets, load_labeled_file
+from fedlora_cli.errors import InputError
+from fedlora_cli.federation.evaluate import evaluate
+from fedlora_cli.federation.run_dir import ADAPTER_DIR, RunDir
+from fedlora_cli.models import load_base_model, load_tokenizer, lora_modules
+from fedlora_cli.recipe import Recipe, load_recipe, resolve_recipe_path
+
+BASE_WEIGHTS_FILE = "base_weights.safetensors"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+
+
+@dataclass
+class EvalTarget:
+    """Which recipe and adapter to evaluate."""
+
+    recipe: Recipe
+    recipe_path: Path
+    adapter_dir: Path
+    run_dir: Path | None = None
+
+
+def resolve_target(run_dir: str | Path | None, adapter: str | Path | None, recipe: str | None) -> EvalTarget:
+    """A run directory (its ``recipe.yaml`` and ``adapter/``), or an explicit adapter + recipe."""
+    if run_dir is not None:
+        if adapter is not None or recipe is not None:
+            raise InputError("give either RUN_DIR or --adapter DIR --recipe FILE, not both")
+        run = RunDir.existing(run_dir)
+        adapter_dir = run.adapter_path
+        if not (adapter_dir / ADAPTER_CONFIG_FILE).is_file():
+            raise InputError(
+                f"{run.path}: no final adapter in {ADAPTER_DIR}/ (the run has not finished); "
+                f"finish it with `fedlora train --resume {run.path}`"
+            )
+        return EvalTarget(load_recipe(str(run.recipe_path)), run.recipe_path, adapter_dir, run.path)
+    if adapter is None or recipe is None:
+        raise InputError("give a RUN_DIR, or both --adapter DIR and --recipe FILE")
+    adapter_dir = Path(adapter)
+    if not (adapter_dir / ADAPTER_CONFIG_FILE).is_file():
+        raise InputError(f"--adapter {adapter_dir}: no {ADAPTER_CONFIG_FILE}; point it at a PEFT adapter directory (RUN_DIR/adapter)")
+    recipe_obj = load_recipe(recipe)
+    return EvalTarget(recipe_obj, resolve_recipe_path(recipe), adapter_dir)
+
+
+def load_adapter_model(recipe: Recipe, adapter_dir: str | Path, num_labels: int) -> torch.nn.Module:
+    """The base model (head seeded by ``federation.seed``) with the saved adapter, in eval mode.
+
+    When ``adapter_dir/base_weights.safetensors`` exists (methods that fold updates into the
+    frozen weights: fedex, flora), its tensors, keyed by LoRA module name, replace the base
+    layers' weights of those modules.
+    """
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    adapter_dir = Path(adapter_dir)
+    base = load_base_model(recipe.model.name, num_labels, recipe.federation.seed)
+    try:
+        model = PeftModel.from_pretrained(base, str(adapter_dir))
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(
+            f"{adapter_dir}: cannot load the adapter onto model '{recipe.model.name}' with {num_labels} labels "
+            f"({first}); use the recipe the adapter was trained with"
+        ) from None
+    base_file = adapter_dir / BASE_WEIGHTS_FILE
+    if base_file.is_file():
+        weights = load_file(str(base_file))
+        modules = {m.name: m for m in lora_modules(model)}
+        missing = sorted(set(weights) - set(modules))
+        if missing:
+            raise InputError(
+                f"{base_file}: weights for modules {missing[:3]} that the adapter does not have; "
+                "the adapter and base weights come from different runs"
+            )
+        with torch.no_grad():
+            for name, tensor in weights.items():
+                target = modules[name].base_weight
+                if target.shape != tensor.shape:
+                    raise InputError(f"{base_file}: {name} has shape {tuple(tensor.shape)}, the model {tuple(target.shape)}")
+                target.copy_(tensor)
+    model.eval()
+    return model
+
+
+def fairness(client_scores: list[dict]) -> dict[str, float]:
+    """Spread of accuracy across clients: mean, worst, best, spread (best − worst), std."""
+    accuracies = np.array([c["accuracy"] for c in client_scores], dtype=np.float64)
+    return {
+        "mean_accuracy": float(accuracies.mean()),
+        "worst_accuracy": float(accuracies.min()),
+        "best_accuracy": float(accuracies.max()),
+        "spread": float(accuracies.max() - accuracies.min()),
+        "std": float(accuracies.std()),
+        "worst_client": int(accuracies.argmin()),
+    }
+
+
+def evaluate_adapter(
+    target: EvalTarget, *, per_client: bool = False, data_file: str | Path | None = None
+) -> dict:
+    """Accuracy, macro-F1 and loss on the test split (and per client / on ``data_file``)."""
+    recipe = target.recipe
+    train, test = load_datasets(recipe.data)
+    names = train.label_names
+    extra: TextDataset | None = load_labeled_file(data_file, recipe.data, names) if data_file is not None else None
+    clients = partition(np.asarray(train.labels), recipe.federation.clients, recipe.partition) if per_client else None
+
+    tokenizer = load_tokenizer(recipe.model.name)
+    model = load_adapter_model(recipe, target.adapter_dir, len(names))
+    batch = recipe.federation.eval_batch_size
+    max_length = recipe.data.max_length
+
+    def score(dataset: TextDataset) -> dict:
+        return {"samples": len(dataset), **evaluate(model, tokenize(dataset, tokenizer, max_length), len(names), batch)}
+
+    result: dict = {
+        "run_dir": str(target.run_dir) if target.run_dir is not None else None,
+        "recipe": str(target.recipe_path),
+        "adapter": str(target.adapter_dir),
+        "method": recipe.method.name,
+        "label_names": names,
+        "test": score(test),
+    }
+    if extra is not None:
+        result["data"] = {"file": str(data_file), **score(extra)}
+    if clients is not None:
+        result["clients"] = [{"client": k, **score(train.subset(idx.tolist()))} for k, idx in enumerate(clients)]
+        result["fairness"] = fairness(result["clients"])
+    return result
+
+
+def run_record(path: str | Path) -> dict:
+    """One run's headline numbers for ``fedlora compare``: from ``summary.json`` when the run
+    finished, else from the rounds in ``metrics.jsonl`` (marked ``finished: false``)."""
+    run = RunDir.existing(path)
+    metrics = run.read_metrics()
+    summary = run.read_summary()
+    recipe = load_recipe(str(run.recipe_path))
+    record = {
+        "run_dir": str(run.path),
+        "name": run.path.name,
+        "method": recipe.method.name,
+        "partition": recipe.partition.method,
+        "privacy_level": recipe.privacy.level,
+        "finished": summary is not None,
+        "metrics": metrics,
+    }
+    if summary is not None:
+        record.update(
+            rounds_completed=summary["rounds_completed"],
+            final_accuracy=summary["final_accuracy"],
+            epsilon=summary["epsilon"],
+            bytes_up_total=summary["bytes_up_total"],
+            bytes_down_total=summary["bytes_down_total"],
+            wall_seconds=summary["wall_seconds"],
+            stopped=summary.get("stopped"),
+        )
+        return record
+    evaluated = [m for m in metrics if m.get("eval_accuracy") is not None]
+    record.update(
+        rounds_completed=metrics[-1]["round"] if metrics else 0,
+        final_accuracy=evaluated[-1]["eval_accuracy"] if evaluated else None,
+        epsilon=metrics[-1].get("epsilon") if metrics else None,
+        bytes_up_total=sum(m.get("bytes_up") or 0 for m in metrics),
+        bytes_down_total=sum(m.get("bytes_down") or 0 for m in metrics),
+        wall_seconds=sum(m.get("seconds") or 0.0 for m in metrics),
+        stopped=None,
+    )
+    return record

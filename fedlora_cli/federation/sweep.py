@@ -1,0 +1,142 @@
+"""Grids of runs: every combination of override values × seeds, one run directory each.
+
+``--grid method.name=fedavg,ffa --grid privacy.target_epsilon=none,6 --seeds 3`` gives
+2 × 2 × 3 runs. ``privacy.target_epsilon=none`` means no DP (``privacy.level=none``).
+A sweep directory holds ``sweep.json`` (the plan) and one run directory per cell and seed;
+re-running the same command skips finished runs and resumes interrupted ones.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedlora_cli.errors import InputError
+from fedlora_cli.federation.run_dir import atomic_write_text
+
+GRID_ALIASES = {"method": "method.name"}
+SEED_KEY = "federation.seed"
+
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid point: an ordered tuple of (dotted key, value string)."""
+
+    settings: tuple[tuple[str, str], ...]
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{key}={value}" for key, value in self.settings)
+
+    def overrides(self) -> list[str]:
+        result = []
+        for key, value in self.settings:
+            if key == "privacy.target_epsilon" and value.lower() in {"none", "null", "off"}:
+                result.append("privacy.level=none")
+            else:
+                result.append(f"{key}={value}")
+        return result
+
+    def slug(self) -> str:
+        return "_".join(f"{key}-{value}" for key, value in self.settings).replace("/", "-")
+
+
+def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
+    axes = []
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = GRID_ALIASES.get(key.strip(), key.strip())
+        choices = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not key or not choices:
+            raise InputError(f"--grid '{item}': expected key=v1,v2,... e.g. --grid method=fedavg,fedsvd")
+        axes.append((key, choices))
+    return axes
+
+
+def cells(axes: list[tuple[str, list[str]]]) -> list[Cell]:
+    keys = [key for key, _ in axes]
+    return [Cell(tuple(zip(keys, combo))) for combo in itertools.product(*(values for _, values in axes))]
+
+
+def mean_ci95(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% Student-t confidence interval (0 for one value)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, 0.0
+    from scipy.stats import t as student_t
+
+    t = float(student_t.ppf(0.975, len(values) - 1))
+    return mean, t * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def write_plan(sweep_dir: Path, recipe: str, axes, seeds: list[int], base_overrides: list[str]) -> None:
+    plan = {"recipe": recipe, "grid": axes, "seeds": seeds, "overrides": base_overrides}
+    path = sweep_dir / "sweep.json"
+    if path.exists():
+        existing = json.loads(path.read_text(encoding="utf-8"))
+        if existing != json.loads(json.dumps(plan)):
+            raise InputError(f"{sweep_dir} holds a different sweep ({existing}); use another --out")
+    else:
+        atomic_write_text(path, json.dumps(plan, indent=2))
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per cell: mean and 95% CI of final accuracy and epsilon over seeds."""
+    by_cell: dict[str, list[dict]] = {}
+    for row in rows:
+        by_cell.setdefault(row["cell"], []).append(row)
+    table = []
+    for cell, runs in by_cell.items():
+        accuracy, half = mean_ci95([r["final_accuracy"] for r in runs])
+        epsilons = [r["epsilon"] for r in runs if r["epsilon"] is not None]
+        table.append(
+            {
+                "cell": cell,
+                "seeds": len(runs),
+                "accuracy_mean": accuracy,
+                "accuracy_ci95": half,
+                "epsilon_max": max(epsilons) if epsilons else None,
+                "bytes_up_mean": statistics.fmean(r["bytes_up_total"] for r in runs),
+                "wall_seconds_mean": statistics.fmean(r["wall_seconds"] for r in runs),
+            }
+        )
+    return table
+
+
+def write_tables(sweep_dir: Path, table: list[dict]) -> None:
+    header = ["cell", "seeds", "accuracy_mean", "accuracy_ci95", "epsilon_max", "bytes_up_mean", "wall_seconds_mean"]
+    csv_lines = [",".join(header)]
+    md = ["| cell | seeds | accuracy (mean ± 95% CI) | epsilon (max) | bytes up / run | seconds / run |", "|---|---|---|---|---|---|"]
+    for row in table:
+        csv_lines.append(",".join(f'"{row[h]}"' if h == "cell" else str(row[h]) for h in header))
+        eps = "no DP" if row["epsilon_max"] is None else f"{row['epsilon_max']:.2f}"
+        md.append(
+            f"| {row['cell']} | {row['seeds']} | {row['accuracy_mean']:.4f} ± {row['accuracy_ci95']:.4f} | {eps} "
+            f"| {row['bytes_up_mean'] / 1e6:.2f} MB | {row['wall_seconds_mean']:.0f} |"
+        )
+    atomic_write_text(sweep_dir / "results.csv", "\n".join(csv_lines) + "\n")
+    atomic_write_text(sweep_dir / "results.md", "\n".join(md) + "\n")
+
+
+def plot_table(sweep_dir: Path, table: list[dict]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, len(table) * 0.7), 4))
+    labels = [row["cell"] for row in table]
+    ax.bar(range(len(table)), [r["accuracy_mean"] for r in table], yerr=[r["accuracy_ci95"] for r in table], capsize=3)
+    ax.set_xticks(range(len(table)), labels, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("final test accuracy (mean ± 95% CI)")
+    ax.set_ylim(0, 1)
+    fig.tight_layout()
+    path = sweep_dir / "results.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,121 @@
+"""Recipe loading, overrides and the all-problems-at-once error contract of `fedlora train`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from fedlora_cli.cli import app
+from fedlora_cli.errors import InputError
+from fedlora_cli.recipe import load_recipe
+from fedlora_cli.validate import check_recipe
+
+runner = CliRunner()
+
+
+def write(tmp_path: Path, tree: dict, name: str = "r.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(tree), encoding="utf-8")
+    return path
+
+
+def test_default_recipe_loads_with_the_documented_settings():
+    recipe = load_recipe()
+    assert recipe.model.name == "minilm"
+    assert recipe.data.source == "bbc_news"
+    assert (recipe.partition.method, recipe.partition.alpha) == ("dirichlet", 0.5)
+    assert (recipe.federation.clients, recipe.federation.clients_per_round) == (6, 3)
+    assert recipe.method.name == "fedsvd"
+    assert (recipe.privacy.level, recipe.privacy.target_epsilon, recipe.privacy.delta) == ("sample", 6, 1e-5)
+
+
+def test_overrides_use_dotted_keys_and_yaml_values():
+    recipe = load_recipe(None, ["federation.rounds=3", "model.target_modules=[query]", "privacy.level=none"])
+    assert recipe.federation.rounds == 3
+    assert recipe.model.target_modules == ["query"]
+    assert recipe.privacy.level == "none"
+
+
+def test_every_schema_problem_is_listed_at_once_with_did_you_mean(tmp_path):
+    path = write(
+        tmp_path,
+        {
+            "model": {"rnak": 8, "rank": 0},
+            "federation": {"clients": 3, "clients_per_round": 5},
+            "method": {"name": "fedsdv"},
+            "privacy": {"accountant": "moments"},
+        },
+    )
+    with pytest.raises(InputError) as info:
+        load_recipe(str(path))
+    text = "\n".join(info.value.problems)
+    assert "model.rnak: unknown key (did you mean 'rank'?)" in text
+    assert "model.rank" in text and "greater than or equal to 1" in text
+    assert "clients_per_round (5) is above clients (3)" in text
+    assert "method.name" in text and "did you mean 'fedsvd'" in text
+    assert "privacy.accountant" in text
+    assert len(info.value.problems) == 5
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    path = write(tmp_path, {"federation": {"rounds": "many"}})
+    with pytest.raises(InputError) as info:
+        load_recipe(str(path))
+    assert info.value.problems[0].startswith("federation.rounds:")
+    assert "'many'" in info.value.problems[0]
+
+
+def test_data_problems_are_reported_together_with_schema_problems(tmp_path, tiny_csv):
+    path = write(tmp_path, {"model": {"rank": 0}, "data": {"source": str(tiny_csv), "label_column": "lable"}})
+    with pytest.raises(InputError) as info:
+        check_recipe(str(path))
+    text = "\n".join(info.value.problems)
+    assert "model.rank" in text
+    assert "data.label_column: column 'lable' not in" in text and "did you mean 'label'" in text
+
+
+def test_missing_data_file_and_too_small_dataset(tmp_path, tiny_csv):
+    with pytest.raises(InputError, match="data file not found"):
+        check_recipe(str(write(tmp_path, {"data": {"source": str(tmp_path / "nope.csv")}})))
+    tree = {"data": {"source": str(tiny_csv)}, "federation": {"clients": 40, "clients_per_round": 2}}
+    with pytest.raises(InputError, match="too few for 40 clients"):
+        check_recipe(str(write(tmp_path, tree, "small.yaml")))
+
+
+def test_relative_data_paths_resolve_against_the_recipe_file(tmp_path, tiny_csv):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "d.csv").write_text(tiny_csv.read_text())
+    path = write(tmp_path / "sub", {"data": {"source": "d.csv"}})
+    assert Path(load_recipe(str(path)).data.source) == (tmp_path / "sub" / "d.csv").resolve()
+
+
+def test_bad_recipe_exits_2_without_traceback_or_run_directory(tmp_path):
+    out = tmp_path / "runs"
+    path = write(tmp_path, {"model": {"rank": 0}, "output": {"dir": str(out)}, "data": {"source": "missing.csv"}})
+    result = runner.invoke(app, ["train", str(path)])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert "2 problems" in result.output and "model.rank" in result.output and "missing.csv" in result.output
+    assert not out.exists()
+
+
+def test_bad_override_and_unknown_recipe_exit_2(tmp_path):
+    result = runner.invoke(app, ["train", "federation.rounds=0", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "federation.rounds" in result.output
+    assert not (tmp_path / "o").exists()
+    result = runner.invoke(app, ["train", "defualt"])
+    assert result.exit_code == 2 and "did you mean 'default'" in result.output
+
+
+def test_recipes_list_show_validate(tmp_path):
+    listed = runner.invoke(app, ["recipes", "list", "--json"])
+    assert listed.exit_code == 0 and "default" in listed.output
+    shown = runner.invoke(app, ["recipes", "show", "default"])
+    assert shown.exit_code == 0 and shown.output.startswith("# fedlora train")
+    bad = write(tmp_path, {"federation": {"clientz": 3}})
+    checked = runner.invoke(app, ["recipes", "validate", "default", str(bad)])
+    assert checked.exit_code == 2
+    assert "default: ok" in checked.output and "did you mean 'clients'" in checked.output

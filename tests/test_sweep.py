@@ -1,0 +1,57 @@
+"""`fedlora sweep`: a grid x seeds, tables with mean and 95% CI, and pick-up after interruption."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from fedlora_cli.cli import app
+from fedlora_cli.federation.sweep import mean_ci95
+
+runner = CliRunner()
+
+
+def test_mean_ci95_matches_student_t():
+    mean, half = mean_ci95([0.5, 0.7, 0.6])
+    assert mean == pytest.approx(0.6)
+    assert half == pytest.approx(4.302653 * 0.1 / 3**0.5, rel=1e-5)
+    assert mean_ci95([0.4]) == (0.4, 0.0)
+
+
+def test_sweep_grid_tables_and_resume(tiny_recipe, tmp_path):
+    out = tmp_path / "sweep"
+    args = [
+        "sweep", str(tiny_recipe), "federation.rounds=1",
+        "--grid", "method=fedavg,ffa", "--grid", "privacy.target_epsilon=none,8",
+        "--seeds", "2", "--out", str(out), "--json",
+    ]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    lines = [json.loads(line) for line in first.stdout.splitlines()]
+    runs = [line for line in lines if line["type"] == "run"]
+    assert len(runs) == 8
+    assert all((r["epsilon"] is None) == ("target_epsilon=none" in r["cell"]) for r in runs)
+    assert all(r["epsilon"] is None or r["epsilon"] <= 8 for r in runs)
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 4 and all(row["seeds"] == "2" for row in rows)
+    assert (out / "results.md").exists() and (out / "results.png").stat().st_size > 0
+
+    finished = sorted(out.glob("*_seed-*/summary.json"))
+    mtimes = {p: p.stat().st_mtime_ns for p in finished}
+    interrupted = finished[0]
+    interrupted.unlink()  # as if killed after its last checkpoint
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0, second.output
+    assert interrupted.exists()
+    assert all(p.stat().st_mtime_ns == mtimes[p] for p in finished[1:])
+    again = [json.loads(line) for line in second.stdout.splitlines()]
+    assert [r["final_accuracy"] for r in again if r["type"] == "run"] == [r["final_accuracy"] for r in runs]
+
+
+def test_sweep_rejects_a_bad_grid_before_running(tiny_recipe, tmp_path):
+    result = runner.invoke(app, ["sweep", str(tiny_recipe), "--grid", "method=fedavg,fedsdv", "--out", str(tmp_path / "s")])
+    assert result.exit_code == 2 and "did you mean 'fedsvd'" in result.output
+    assert not (tmp_path / "s").exists()

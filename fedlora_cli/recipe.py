@@ -54,10 +54,19 @@ class DataConfig(Section):
 class PartitionConfig(Section):
     """How the training set is split into clients."""
 
-    method: str = Field("dirichlet", description="iid or dirichlet")
-    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration over labels (smaller: more skewed)")
+    method: str = Field("dirichlet", description="iid, dirichlet, pathological, shards or quantity")
+    alpha: float = Field(0.5, gt=0, description="dirichlet: concentration over labels (smaller: more skewed)")
     seed: int = 0
     min_samples: int = Field(8, ge=1, description="every client gets at least this many examples")
+    labels_per_client: int = Field(2, ge=1, description="pathological: distinct labels each client holds")
+    shards_per_client: int = Field(2, ge=1, description="shards: label-sorted shards dealt to each client")
+    size_distribution: Literal["power_law", "dirichlet"] = Field(
+        "power_law", description="quantity: client sizes from a power law over ranks or a Dirichlet over sizes"
+    )
+    power_law_exponent: float = Field(
+        1.0, ge=0, description="quantity, power_law: size of the k-th largest client ∝ k^-exponent (0: equal)"
+    )
+    size_alpha: float = Field(1.0, gt=0, description="quantity, dirichlet: concentration over sizes (smaller: more unequal)")
 
     @field_validator("method")
     @classmethod
@@ -83,6 +92,12 @@ class FederationConfig(Section):
     eval_every: int = Field(1, ge=0, description="evaluate every N rounds (0: only at the end)")
     eval_batch_size: int = Field(64, ge=1)
     client_weighting: Literal["samples", "uniform"] = "samples"
+    precision: Literal["float32", "bfloat16"] = Field(
+        "float32", description="forward-pass compute precision (bfloat16: CPU autocast); DP math stays float32"
+    )
+    min_clients_per_round: int = Field(
+        1, ge=1, description="aggregate a round when at least this many sampled clients answered (others dropped out)"
+    )
 
     @model_validator(mode="after")
     def _sampled_within_clients(self) -> "FederationConfig":
@@ -90,6 +105,11 @@ class FederationConfig(Section):
             raise ValueError(
                 f"clients_per_round ({self.clients_per_round}) is above clients ({self.clients}); "
                 f"set federation.clients_per_round to at most {self.clients}"
+            )
+        if self.min_clients_per_round > self.clients_per_round:
+            raise ValueError(
+                f"min_clients_per_round ({self.min_clients_per_round}) is above clients_per_round "
+                f"({self.clients_per_round}); set federation.min_clients_per_round to at most {self.clients_per_round}"
             )
         return self
 
@@ -100,6 +120,7 @@ class MethodConfig(Section):
     name: str = Field("fedsvd", description="aggregation method (see `fedlora recipes show`)")
     svd_period: int = Field(1, ge=0, description="fedsvd: re-factorize every k rounds (0: never)")
     svd_mode: Literal["qr", "dense"] = Field("qr", description="fedsvd: exact QR path or dense SVD of B@A")
+    fedsb_init: Literal["random"] = Field("random", description="fedsb: B, A orthonormal from the seed, R = 0")
 
     @field_validator("name")
     @classmethod
@@ -108,14 +129,44 @@ class MethodConfig(Section):
 
         return _check_choice(value, METHODS)
 
+    @field_validator("fedsb_init", mode="before")
+    @classmethod
+    def _no_data_driven_init(cls, value):
+        if value == "gradient_svd":
+            raise ValueError(
+                "gradient_svd (LoRA-SB's SVD of a gradient on client data) reads raw client data outside "
+                "DP-SGD and would spend privacy no accountant counts, so fedlora does not offer it; "
+                "use method.fedsb_init=random"
+            )
+        return value
+
 
 class PrivacyConfig(Section):
-    """Differential privacy. ``level: sample`` runs DP-SGD (Opacus) on every client."""
+    """Differential privacy.
 
-    level: Literal["none", "sample"] = "sample"
+    ``level: sample`` runs DP-SGD (Opacus) on every client; epsilon protects one example of a
+    client's data. ``level: client`` runs DP-FedAvg on the server (clip each client's update,
+    average uniformly, add Gaussian noise; optionally adaptive clipping, Andrew et al. 2021);
+    epsilon protects a client's whole participation.
+    """
+
+    level: Literal["none", "sample", "client"] = "sample"
     target_epsilon: float | None = Field(6.0, gt=0, description="calibrate the noise to reach this epsilon")
-    noise_multiplier: float | None = Field(None, ge=0, description="fixed noise multiplier instead")
-    max_grad_norm: float = Field(1.0, gt=0, description="per-sample clipping norm C")
+    noise_multiplier: float | None = Field(
+        None, ge=0, description="fixed noise multiplier instead (client level: the effective one the accountant sees)"
+    )
+    max_grad_norm: float = Field(1.0, gt=0, description="sample level: per-sample clipping norm C")
+    client_clip: float = Field(
+        0.1, gt=0, description="client level: clipping norm C of each client's update (initial C when adaptive)"
+    )
+    adaptive_clipping: bool = Field(
+        False, description="client level: C tracks target_quantile of the update norms (Andrew et al. 2021)"
+    )
+    target_quantile: float = Field(0.5, gt=0, lt=1, description="client level, adaptive: quantile γ C aims at")
+    clip_lr: float = Field(0.2, gt=0, description="client level, adaptive: geometric step η, C ← C·exp(−η(b̃−γ))")
+    clipped_count_stddev: float | None = Field(
+        None, gt=0, description="client level, adaptive: noise std σ_b on the clipped count (default max(clients_per_round/20, noise multiplier))"
+    )
     delta: float = Field(1e-5, gt=0, lt=1)
     accountant: Literal["rdp", "prv", "gdp"] = "rdp"
     max_epsilon: float | None = Field(None, gt=0, description="stop before a round would pass this epsilon")
@@ -152,6 +203,17 @@ class Recipe(Section):
     method: MethodConfig = Field(default_factory=MethodConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _client_level_post_processing(self) -> "Recipe":
+        """Client-level DP needs a server step that only sees the noised mean (post-processing)."""
+        if self.privacy.level == "client":
+            from fedlora_cli.privacy.client_level import client_level_refusal
+
+            problem = client_level_refusal(self.method.name)
+            if problem:
+                raise ValueError(problem)
+        return self
 
     def resolved(self) -> dict[str, Any]:
         """The fully resolved recipe as plain data (what is written into a run directory)."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import typer
 
-from fedlora_cli.cli import recipes, train
+from fedlora_cli.cli import accountant, recipes, sweep, train
 from fedlora_cli.cli.common import EXIT_CODES_HELP
+from fedlora_cli.cli import compare, eval as eval_cli, partition
 
 app = typer.Typer(
     name="fedlora",
@@ -15,8 +18,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("train", help=train.__doc__ + "\n\n" + EXIT_CODES_HELP)(train.train)
+app.command("accountant", help=accountant.__doc__ + "\n\n" + EXIT_CODES_HELP)(accountant.accountant)
+app.command("sweep", help=sweep.__doc__ + "\n\n" + EXIT_CODES_HELP)(sweep.sweep)
+app.command("partition", help=partition.__doc__ + "\n\n" + EXIT_CODES_HELP)(partition.partition)
+app.command("eval", help=eval_cli.__doc__ + "\n\n" + EXIT_CODES_HELP)(eval_cli.eval_command)
+app.command("compare", help=compare.__doc__ + "\n\n" + EXIT_CODES_HELP)(compare.compare)
 app.add_typer(recipes.app, name="recipes")
 
 
+def _silence_library_noise() -> None:
+    """Third-party warnings that say nothing actionable to a fedlora user."""
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def main() -> None:
+    _silence_library_noise()
     app()

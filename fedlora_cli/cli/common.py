@@ -32,11 +32,11 @@ def print_input_error(exc: InputError) -> None:
     console = err_console()
     head = f"error in {exc.source}" if exc.source else "error"
     if len(exc.problems) == 1:
-        console.print(f"{head}: {exc.problems[0]}", markup=False)
+        console.print(f"{head}: {exc.problems[0]}", markup=False, soft_wrap=True)
         return
-    console.print(f"{head}: {len(exc.problems)} problems", markup=False)
+    console.print(f"{head}: {len(exc.problems)} problems", markup=False, soft_wrap=True)
     for problem in exc.problems:
-        console.print(f"  - {problem}", markup=False)
+        console.print(f"  - {problem}", markup=False, soft_wrap=True)
 
 
 def guarded(fn):
@@ -50,7 +50,7 @@ def guarded(fn):
             print_input_error(exc)
             raise typer.Exit(EXIT_BAD_INPUT) from None
         except RunError as exc:
-            err_console().print(f"error: {exc}", markup=False)
+            err_console().print(f"error: {exc}", markup=False, soft_wrap=True)
             raise typer.Exit(EXIT_FAILURE) from None
         except KeyboardInterrupt:
             err_console().print("interrupted", markup=False)
@@ -61,7 +61,9 @@ def guarded(fn):
             if os.environ.get("FEDLORA_DEBUG"):
                 traceback.print_exc()
             err_console().print(
-                f"internal error: {type(exc).__name__}: {exc} (set FEDLORA_DEBUG=1 for the traceback)", markup=False
+                f"internal error: {type(exc).__name__}: {exc} (set FEDLORA_DEBUG=1 for the traceback)",
+                markup=False,
+                soft_wrap=True,
             )
             raise typer.Exit(EXIT_FAILURE) from None
 

@@ -18,6 +18,7 @@ from fedlora_cli.federation.experiment import build_experiment
 from fedlora_cli.federation.run_dir import RunDir
 from fedlora_cli.recipe import dump_recipe
 from fedlora_cli.report.console import JsonLinesReporter, LiveTableReporter
+from fedlora_cli.report.plots import plot_run
 from fedlora_cli.validate import check_recipe
 
 
@@ -63,5 +64,6 @@ def train(
             f"interrupted; the last checkpoint is saved. Resume with: fedlora train --resume {run_dir.path}", markup=False
         )
         raise
+    plot_run(run_dir.path)
     if summary["stopped"]:
         raise typer.Exit(EXIT_BUDGET)

@@ -19,6 +19,7 @@ from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 
 from fedlora_cli.data.batching import TokenizedDataset, poisson_batch, uniform_batch
+from fedlora_cli.privacy.client_level import noise_generator
 from fedlora_cli.recipe import FederationConfig
 
 
@@ -54,10 +55,27 @@ def make_optimizer(params, cfg: FederationConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def classification_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def classification_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], precision: str = "float32") -> torch.Tensor:
+    """Mean cross-entropy. With ``bfloat16`` only the forward pass runs under CPU autocast:
+    backward hooks, per-sample clipping, noise and the optimizer step stay in float32."""
     inputs = {key: value for key, value in batch.items() if key != "labels"}
-    logits = model(**inputs).logits
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+        logits = model(**inputs).logits
     return F.cross_entropy(logits.float(), batch["labels"])
+
+
+def grad_samples_to_float32(params) -> None:
+    """Cast per-sample gradients to float32 before Opacus clips them.
+
+    Under bfloat16 autocast Opacus's hooks produce bf16 ``grad_sample``; ``DPOptimizer`` takes
+    the per-sample norms ``‖g_i‖`` *before* casting to the parameter dtype, so the clipping
+    factor ``min(1, C/‖g_i‖)`` would come from a bf16 norm (8-bit mantissa) and a clipped
+    gradient could exceed C. After this cast the norm and the clipping are float32 math.
+    """
+    for p in params:
+        grad_sample = getattr(p, "grad_sample", None)
+        if isinstance(grad_sample, torch.Tensor) and grad_sample.dtype != torch.float32:
+            p.grad_sample = grad_sample.float()
 
 
 class LocalTrainer:
@@ -72,7 +90,8 @@ class LocalTrainer:
 
     def train(self, data: TokenizedDataset, steps: int, seed: int, noise: ClientNoise | None) -> LocalResult:
         """Run ``steps`` optimizer steps on ``data``; randomness depends only on ``seed``."""
-        batch_generator = torch.Generator().manual_seed(derive_seed(seed, "batches"))
+        # under secure_mode the Poisson batches are secret too (amplification by sampling needs it)
+        batch_generator = noise_generator(noise is not None and noise.secure_mode, derive_seed(seed, "batches"))
         optimizer = make_optimizer(self.params, self.cfg)
         if noise is not None:
             optimizer = DPOptimizer(
@@ -81,7 +100,7 @@ class LocalTrainer:
                 max_grad_norm=noise.max_grad_norm,
                 expected_batch_size=max(1, round(noise.sample_rate * len(data))),
                 loss_reduction="mean",
-                generator=None if noise.secure_mode else torch.Generator().manual_seed(derive_seed(seed, "noise")),
+                generator=noise_generator(noise.secure_mode, derive_seed(seed, "noise")),
                 secure_mode=noise.secure_mode,
             )
         self.model.train()
@@ -97,9 +116,11 @@ class LocalTrainer:
                 if len(indices) == 0:
                     self._empty_batch()
                 else:
-                    loss = classification_loss(self.forward_model, data.batch(indices))
+                    loss = classification_loss(self.forward_model, data.batch(indices), self.cfg.precision)
                     loss.backward()
-                    losses.append(float(loss))
+                    if noise is not None:
+                        grad_samples_to_float32(self.params)
+                    losses.append(loss.item())
                     examples += len(indices)
                 optimizer.step()
         optimizer.zero_grad(set_to_none=True)

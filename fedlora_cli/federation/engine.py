@@ -22,10 +22,11 @@ from fedlora_cli.federation.experiment import Experiment
 from fedlora_cli.federation.run_dir import RunDir
 from fedlora_cli.methods.base import tensor_bytes
 from fedlora_cli.models import adapter_state, load_adapter_state
+from fedlora_cli.privacy.client_level import EPSILON_SCOPE, ClientLevelDP, noise_generator
 from fedlora_cli.privacy.sample_level import SampleLevelPlan
 
 BASE_PREFIX = "base::"
-TIMING_KEYS = ("seconds", "aggregation_seconds", "wall_seconds")
+TIMING_KEYS = ("seconds", "client_seconds", "aggregation_seconds", "wall_seconds")
 
 
 class Reporter(Protocol):
@@ -60,6 +61,9 @@ class FederatedRun:
         self.plan = (
             SampleLevelPlan.build(privacy, self.fed, experiment.client_sizes) if privacy.level == "sample" else None
         )
+        self.client_dp = (
+            ClientLevelDP.build(privacy, self.fed, self.recipe.method.name) if privacy.level == "client" else None
+        )
         self.trainer = LocalTrainer(self.model, self.fed, private=self.plan is not None)
         self.global_state = adapter_state(self.model)
         self.state = RunState(client_steps=[0] * self.fed.clients)
@@ -69,6 +73,11 @@ class FederatedRun:
         """Run (or continue) the rounds; returns the summary written to ``summary.json``."""
         start = time.perf_counter() - self.state.elapsed
         self.reporter.run_started(self._info())
+        if self.client_dp is not None and self.fed.client_weighting != "uniform":
+            self.reporter.note(
+                "note: privacy.level=client averages client updates uniformly (sensitivity C/m); "
+                f"federation.client_weighting={self.fed.client_weighting} is not used"
+            )
         try:
             while self.state.rounds_done < self.fed.rounds and self.state.stopped is None:
                 self._round(self.state.rounds_done)
@@ -108,6 +117,9 @@ class FederatedRun:
         if self.plan is not None:
             for budget, steps in zip(self.plan.clients, self.state.client_steps):
                 budget.steps = steps
+        if self.client_dp is not None:
+            self.client_dp.rounds_done = self.state.rounds_done
+            self.client_dp.clip = meta.get("client_clip", self.client_dp.clip)
 
     def save_checkpoint(self) -> None:
         tensors = dict(self.global_state)
@@ -121,12 +133,14 @@ class FederatedRun:
                 "client_steps": self.state.client_steps,
                 "stopped": self.state.stopped,
                 "elapsed": self.state.elapsed,
+                **({"client_clip": self.client_dp.clip} if self.client_dp is not None else {}),
             },
         )
 
     # ------------------------------------------------------------------------------- rounds
     def sample_clients(self, round_index: int) -> list[int]:
-        rng = np.random.default_rng(derive_seed(self.fed.seed, round_index, "sample"))
+        secret = self.client_dp is not None and self.client_dp.secure_mode  # client sampling amplifies client-level DP
+        rng = np.random.default_rng(None if secret else derive_seed(self.fed.seed, round_index, "sample"))
         return sorted(rng.choice(self.fed.clients, size=self.fed.clients_per_round, replace=False).tolist())
 
     def _round(self, round_index: int) -> None:
@@ -140,9 +154,17 @@ class FederatedRun:
                     f"privacy.max_epsilon={self.recipe.privacy.max_epsilon}"
                 )
                 return
+        if self.client_dp is not None and self.client_dp.would_exceed():
+            self.state.stopped = (
+                f"stopped before round {round_index + 1}: it would take the client-level epsilon to "
+                f"{self.client_dp.epsilon(self.client_dp.rounds_done + 1):.4g}, past "
+                f"privacy.max_epsilon={self.recipe.privacy.max_epsilon}"
+            )
+            return
         self.reporter.round_started(round_index + 1, sampled)
-        download = self.method.download_bytes(self.global_state) * len(sampled)
+        download = self.method.download_bytes(self.global_state, round_index) * len(sampled)
         uploads, losses = [], []
+        client_start = time.perf_counter()
         for client in sampled:
             load_adapter_state(self.model, self.global_state)
             result = self.trainer.train(
@@ -156,10 +178,16 @@ class FederatedRun:
             self.state.client_steps[client] += result.steps
             if self.plan is not None:
                 self.plan.charge(client, result.steps)
+        client_seconds = time.perf_counter() - client_start
         upload = sum(tensor_bytes(u.values()) for u in uploads)
 
         aggregation_start = time.perf_counter()
-        self.global_state = self.method.aggregate(self.global_state, uploads, self._weights(sampled), round_index)
+        round_clip = self.client_dp.clip if self.client_dp is not None else None
+        if self.client_dp is not None:
+            generator = noise_generator(self.recipe.privacy.secure_mode, derive_seed(self.fed.seed, round_index, "server-noise"))
+            self.global_state = self.client_dp.aggregate(self.method, self.global_state, uploads, round_index, generator)
+        else:
+            self.global_state = self.method.aggregate(self.global_state, uploads, self._weights(sampled), round_index)
         aggregation_seconds = time.perf_counter() - aggregation_start
         load_adapter_state(self.model, self.global_state)
 
@@ -170,15 +198,18 @@ class FederatedRun:
             "train_loss": _mean_finite(losses),
             "eval_accuracy": None,
             "eval_loss": None,
-            "epsilon": self.plan.worst_epsilon() if self.plan else None,
+            "epsilon": self._epsilon(),
             "bytes_up": upload,
             "bytes_down": download,
+            "client_seconds": client_seconds,
             "aggregation_seconds": aggregation_seconds,
         }
         every = self.fed.eval_every
         if round_number == self.fed.rounds or (every and round_number % every == 0):
             scores = self._evaluate()
             metrics["eval_accuracy"], metrics["eval_loss"] = scores["accuracy"], scores["loss"]
+        if round_clip is not None:
+            metrics["client_clip"] = round_clip
         metrics["seconds"] = time.perf_counter() - round_start
         self.state.metrics.append(metrics)
         self.state.rounds_done = round_number
@@ -190,6 +221,14 @@ class FederatedRun:
         budget = self.plan.clients[client]
         privacy = self.recipe.privacy
         return ClientNoise(budget.sample_rate, budget.noise_multiplier, privacy.max_grad_norm, privacy.secure_mode)
+
+    def _epsilon(self) -> float | None:
+        """Worst client's epsilon (sample level) or the per-participation epsilon (client level)."""
+        if self.plan is not None:
+            return self.plan.worst_epsilon()
+        if self.client_dp is not None:
+            return self.client_dp.epsilon()
+        return None
 
     def _weights(self, sampled: list[int]) -> torch.Tensor:
         if self.fed.client_weighting == "uniform":
@@ -206,7 +245,8 @@ class FederatedRun:
     def _finish(self) -> dict:
         load_adapter_state(self.model, self.global_state)
         base = {m.name: m.base_weight for m in self.method.modules} if self.method.modifies_base else None
-        self.run_dir.save_adapter(self.model, base)
+        with self.method.exported():
+            self.run_dir.save_adapter(self.model, base)
         last_eval = next((m for m in reversed(self.state.metrics) if m["eval_accuracy"] is not None), None)
         if last_eval is None or last_eval["round"] != self.state.rounds_done:
             scores = self._evaluate()
@@ -214,6 +254,7 @@ class FederatedRun:
         else:
             final_accuracy, final_loss = last_eval["eval_accuracy"], last_eval["eval_loss"]
         privacy = self.recipe.privacy
+        private = self.plan is not None or self.client_dp is not None
         summary = {
             "run_dir": str(self.run_dir.path),
             "method": self.recipe.method.name,
@@ -222,9 +263,10 @@ class FederatedRun:
             "final_accuracy": final_accuracy,
             "final_loss": final_loss,
             "privacy_level": privacy.level,
-            "epsilon": self.plan.worst_epsilon() if self.plan else None,
-            "delta": privacy.delta if self.plan else None,
-            "accountant": privacy.accountant if self.plan else None,
+            "epsilon": self._epsilon(),
+            "epsilon_scope": EPSILON_SCOPE.get(privacy.level),
+            "delta": privacy.delta if private else None,
+            "accountant": privacy.accountant if private else None,
             "client_epsilons": self.plan.epsilons() if self.plan else None,
             "noise_multipliers": [b.noise_multiplier for b in self.plan.clients] if self.plan else None,
             "client_sizes": self.exp.client_sizes,
@@ -234,6 +276,8 @@ class FederatedRun:
             "stopped": self.state.stopped,
             "wall_seconds": self.state.elapsed,
         }
+        if self.client_dp is not None:
+            summary["client_dp"] = self.client_dp.info()
         self.run_dir.write_summary(summary)
         return summary
 
@@ -255,6 +299,13 @@ class FederatedRun:
             info["target_epsilon"] = privacy.target_epsilon
             info["delta"] = privacy.delta
             info["secure_mode"] = privacy.secure_mode
+        if self.client_dp is not None:
+            info.update(self.client_dp.info())
+            info["noise_multipliers"] = [round(self.client_dp.noise_multiplier, 4)]
+            info["target_epsilon"] = privacy.target_epsilon
+            info["delta"] = privacy.delta
+            info["secure_mode"] = privacy.secure_mode
+            info["epsilon_scope"] = EPSILON_SCOPE["client"]
         return info
 
 

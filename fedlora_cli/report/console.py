@@ -16,6 +16,27 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+SECURE_MODE_OFF_NOTE = "note: privacy.secure_mode is off: DP noise comes from torch's seeded PRNG (reproducible, not cryptographically secure)"
+
+
+def privacy_line(info: dict) -> str:
+    """One line on the run's privacy setting (empty without DP)."""
+    privacy = info["privacy_level"]
+    if privacy == "sample":
+        return (
+            f" (target epsilon {info['target_epsilon']}, delta {info['delta']}, "
+            f"noise multipliers {info['noise_multipliers']})"
+        )
+    if privacy == "client":
+        clip = "adaptive clip" if info["adaptive_clipping"] else "clip"
+        return (
+            f" (DP-FedAvg: target epsilon {info['target_epsilon']} per client participation, delta {info['delta']}, "
+            f"noise multiplier {info['noise_multipliers'][0]}, {clip} {info['client_clip']:.4g}, uniform client weights; "
+            f"{info['sampling_note']})"
+        )
+    return ""
+
+
 COLUMNS = ("round", "clients", "train loss", "accuracy", "epsilon", "up", "down", "agg s", "seconds")
 
 
@@ -84,10 +105,9 @@ class LiveTableReporter:
         if not self.quiet:
             privacy = info["privacy_level"]
             line = f"run {info['run_dir']}: {info['method']} on {info['model']}, {info['clients']} clients {info['client_sizes']}, {info['rounds']} rounds, privacy {privacy}"
-            if privacy == "sample":
-                line += f" (target epsilon {info['target_epsilon']}, delta {info['delta']}, noise multipliers {info['noise_multipliers']})"
-                if not info["secure_mode"]:
-                    line += "; secure_mode off (noise from torch's PRNG)"
+            line += privacy_line(info)
+            if privacy != "none" and not info["secure_mode"]:
+                line += "; secure_mode off (noise from torch's PRNG)"
             if info["resumed_at_round"]:
                 line += f"; resuming after round {info['resumed_at_round']}"
             self.console.print(line, markup=False, highlight=False)
@@ -120,7 +140,8 @@ class LiveTableReporter:
         if self.quiet:
             return
         eps = summary["epsilon"]
-        privacy = f"epsilon {eps:.3f} (worst client), delta {summary['delta']}" if eps is not None else "no DP"
+        scope = "per client participation" if summary["privacy_level"] == "client" else "worst client"
+        privacy = f"epsilon {eps:.3f} ({scope}), delta {summary['delta']}" if eps is not None else "no DP"
         self.console.print(
             f"final accuracy {summary['final_accuracy']:.4f}, {privacy}, "
             f"{human_bytes(summary['bytes_up_total'])} up / {human_bytes(summary['bytes_down_total'])} down, "
@@ -145,7 +166,8 @@ class JsonLinesReporter:
         self.stream.flush()
 
     def run_started(self, info: dict) -> None:
-        pass
+        if info["privacy_level"] != "none" and not info.get("secure_mode", False):
+            print(SECURE_MODE_OFF_NOTE, file=self.err)
 
     def round_started(self, round_number: int, clients: list[int]) -> None:
         pass
@@ -161,3 +183,25 @@ class JsonLinesReporter:
 
     def run_finished(self, summary: dict) -> None:
         self._emit("summary", summary)
+
+
+class NullReporter:
+    """Reports nothing (runs inside a sweep, which prints one line per run itself)."""
+
+    def run_started(self, info: dict) -> None:
+        pass
+
+    def round_started(self, round_number: int, clients: list[int]) -> None:
+        pass
+
+    def round_finished(self, metrics: dict) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def run_finished(self, summary: dict) -> None:
+        pass

@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from fedlora_cli.cli.common import EXIT_BUDGET, err_console, guarded, wants_json
+from fedlora_cli.cli.common import EXIT_BUDGET, EXIT_INTERRUPTED, err_console, guarded, wants_json
 from fedlora_cli.errors import InputError
 from fedlora_cli.federation.engine import FederatedRun
 from fedlora_cli.federation.experiment import build_experiment
@@ -61,9 +61,11 @@ def train(
     except KeyboardInterrupt:
         reporter.stop()
         err_console().print(
-            f"interrupted; the last checkpoint is saved. Resume with: fedlora train --resume {run_dir.path}", markup=False
+            f"interrupted; the last checkpoint is saved. Resume with: fedlora train --resume {run_dir.path}",
+            markup=False,
+            soft_wrap=True,
         )
-        raise
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     plot_run(run_dir.path)
     if summary["stopped"]:
         raise typer.Exit(EXIT_BUDGET)

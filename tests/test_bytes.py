@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from fedlora_cli.cli import app
-from fedlora_cli.cli import train as train_command
+from fedlora_cli.federation import engine
 from fedlora_cli.federation.engine import FederatedRun
 from fedlora_cli.federation.evaluate import predict_logits
 from fedlora_cli.federation.experiment import build_model
@@ -97,7 +97,7 @@ def recorded_runs(monkeypatch):
             super().__init__(*args, **kwargs)
             runs.append(self)
 
-    monkeypatch.setattr(train_command, "FederatedRun", RecordingRun)
+    monkeypatch.setattr(engine, "FederatedRun", RecordingRun)  # `fedlora train` imports it when it runs
     return runs
 
 

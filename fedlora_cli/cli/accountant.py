@@ -16,7 +16,6 @@ from rich.table import Table
 
 from fedlora_cli.cli.common import guarded, wants_json
 from fedlora_cli.errors import InputError
-from fedlora_cli.privacy.planning import accountant_list, direct_plan, recipe_plan
 from fedlora_cli.report.console import _json_ready
 from fedlora_cli.validate import check_recipe
 
@@ -69,6 +68,9 @@ def accountant(
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="plan this recipe (file or builtin name)"),
     json_output: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
 ) -> None:
+    # torch, transformers and opacus load when the command runs, so `fedlora --help` is fast
+    from fedlora_cli.privacy.planning import accountant_list, direct_plan, recipe_plan
+
     overrides = list(overrides or [])
     problems = _flag_problems(recipe, overrides, noise_multiplier, target_epsilon, sample_rate, steps, delta)
     if problems:

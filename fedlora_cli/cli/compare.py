@@ -15,9 +15,7 @@ from rich.table import Table
 
 from fedlora_cli.cli.common import guarded, wants_json
 from fedlora_cli.errors import InputError
-from fedlora_cli.federation.artifacts import run_record
 from fedlora_cli.report.console import _fmt, _json_ready, human_bytes
-from fedlora_cli.report.plots import plot_runs
 
 
 def _labels(records: list[dict]) -> list[str]:
@@ -54,6 +52,10 @@ def compare(
     png: Path = typer.Option(Path("compare.png"), "--png", help="where to write the plot of all runs"),
     json_output: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
 ) -> None:
+    # torch, transformers and opacus load when the command runs, so `fedlora --help` is fast
+    from fedlora_cli.federation.artifacts import run_record
+    from fedlora_cli.report.plots import plot_runs
+
     if not run_dirs:
         raise InputError("give at least one run directory")
     records = [run_record(path) for path in run_dirs]

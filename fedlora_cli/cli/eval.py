@@ -16,7 +16,6 @@ from rich.console import Console
 from rich.table import Table
 
 from fedlora_cli.cli.common import err_console, guarded, wants_json
-from fedlora_cli.federation.artifacts import evaluate_adapter, resolve_target
 
 
 def _row(name: str, scores: dict) -> list[str]:
@@ -56,6 +55,9 @@ def eval_command(
     data: Optional[Path] = typer.Option(None, "--data", help="also score this file (same columns as the recipe's data)"),
     json_output: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
 ) -> None:
+    # torch, transformers and opacus load when the command runs, so `fedlora --help` is fast
+    from fedlora_cli.federation.artifacts import evaluate_adapter, resolve_target
+
     target = resolve_target(run_dir, adapter, recipe)
     as_json = wants_json(json_output)
     if as_json:

@@ -19,7 +19,6 @@ from rich.table import Table
 from fedlora_cli.cli.common import guarded, wants_json
 from fedlora_cli.cli.train import _split_recipe_and_overrides
 from fedlora_cli.data.partition import label_counts
-from fedlora_cli.report.plots import plot_partition
 from fedlora_cli.validate import check_recipe
 
 
@@ -59,6 +58,9 @@ def partition(
     png: Path = typer.Option(Path("partition.png"), "--png", help="where to write the heatmap PNG"),
     json_output: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
 ) -> None:
+    # torch, transformers and opacus load when the command runs, so `fedlora --help` is fast
+    from fedlora_cli.report.plots import plot_partition
+
     recipe, overrides = _split_recipe_and_overrides(recipe, list(overrides or []))
     checked = check_recipe(recipe, overrides)
     names = checked.train.label_names

@@ -16,10 +16,6 @@ from rich.console import Console
 
 from fedlora_cli.cli.common import guarded, wants_json
 from fedlora_cli.errors import InputError
-from fedlora_cli.federation.engine import FederatedRun
-from fedlora_cli.federation.experiment import build_experiment
-from fedlora_cli.federation.run_dir import RunDir
-from fedlora_cli.federation.sweep import SEED_KEY, cells, parse_grid, plot_table, summarize, write_plan, write_tables
 from fedlora_cli.recipe import dump_recipe, resolve_recipe_path
 from fedlora_cli.report.console import NullReporter
 from fedlora_cli.validate import check_recipe
@@ -34,6 +30,12 @@ def sweep(
     out: Path = typer.Option(Path("sweeps/sweep"), "--out", help="sweep directory"),
     json_output: bool = typer.Option(False, "--json", help="one JSON object per finished run, then the table"),
 ) -> None:
+    # torch, transformers and opacus load when the command runs, so `fedlora --help` is fast
+    from fedlora_cli.federation.engine import FederatedRun
+    from fedlora_cli.federation.experiment import build_experiment
+    from fedlora_cli.federation.run_dir import RunDir
+    from fedlora_cli.federation.sweep import SEED_KEY, cells, parse_grid, plot_table, summarize, write_plan, write_tables
+
     axes = parse_grid(grid)
     base = list(overrides or [])
     seed_list = list(range(seeds))

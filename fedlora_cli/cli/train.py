@@ -13,12 +13,8 @@ import typer
 
 from fedlora_cli.cli.common import EXIT_BUDGET, EXIT_INTERRUPTED, err_console, guarded, wants_json
 from fedlora_cli.errors import InputError
-from fedlora_cli.federation.engine import FederatedRun
-from fedlora_cli.federation.experiment import build_experiment
-from fedlora_cli.federation.run_dir import RunDir
 from fedlora_cli.recipe import dump_recipe
 from fedlora_cli.report.console import JsonLinesReporter, LiveTableReporter
-from fedlora_cli.report.plots import plot_run
 from fedlora_cli.validate import check_recipe
 
 
@@ -38,6 +34,12 @@ def train(
     json_output: bool = typer.Option(False, "--json", help="one JSON object per round on stdout"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no live table, only the final lines"),
 ) -> None:
+    # torch, transformers and opacus load when the command runs, so `fedlora --help` is fast
+    from fedlora_cli.federation.engine import FederatedRun
+    from fedlora_cli.federation.experiment import build_experiment
+    from fedlora_cli.federation.run_dir import RunDir
+    from fedlora_cli.report.plots import plot_run
+
     recipe, overrides = _split_recipe_and_overrides(recipe, list(overrides or []))
     if resume is not None:
         if recipe is not None or overrides or out is not None:

@@ -24,6 +24,12 @@ class TokenizedDataset:
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    def subset(self, indices) -> "TokenizedDataset":
+        """The examples at ``indices`` (token lists are shared, not copied)."""
+        idx = [int(i) for i in indices]
+        types = [self.token_type_ids[i] for i in idx] if self.token_type_ids is not None else None
+        return TokenizedDataset([self.input_ids[i] for i in idx], types, self.labels[idx], self.pad_token_id)
+
     def batch(self, indices) -> dict[str, torch.Tensor]:
         """A padded batch (input_ids, attention_mask, [token_type_ids], labels) of ``indices``."""
         indices = [int(i) for i in indices]

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 
 from fedlora_cli.federation.client import ClientNoise, LocalTrainer, derive_seed
-from fedlora_cli.federation.evaluate import evaluate
+from fedlora_cli.errors import RunError
+from fedlora_cli.federation.artifacts import load_adapter_model
+from fedlora_cli.federation.evaluate import evaluate, predict_logits
 from fedlora_cli.federation.experiment import Experiment
 from fedlora_cli.federation.run_dir import RunDir
 from fedlora_cli.methods.base import tensor_bytes
@@ -247,6 +249,7 @@ class FederatedRun:
         base = {m.name: m.base_weight for m in self.method.modules} if self.method.modifies_base else None
         with self.method.exported():
             self.run_dir.save_adapter(self.model, base)
+            self._verify_saved_adapter()
         last_eval = next((m for m in reversed(self.state.metrics) if m["eval_accuracy"] is not None), None)
         if last_eval is None or last_eval["round"] != self.state.rounds_done:
             scores = self._evaluate()
@@ -280,6 +283,17 @@ class FederatedRun:
             summary["client_dp"] = self.client_dp.info()
         self.run_dir.write_summary(summary)
         return summary
+
+    def _verify_saved_adapter(self, examples: int = 16) -> None:
+        """The saved adapter, reloaded onto a fresh base model, must predict exactly like the
+        trained one (guards against silent corruption such as opacus issue 820)."""
+        probe = self.exp.test_data.subset(range(min(examples, len(self.exp.test_data))))
+        reloaded = load_adapter_model(self.recipe, self.run_dir.adapter_path, len(self.exp.label_names))
+        if not torch.equal(predict_logits(reloaded, probe), predict_logits(self.model, probe)):
+            raise RunError(
+                f"the adapter saved in {self.run_dir.adapter_path} does not reproduce the trained model's "
+                "predictions; the run directory's checkpoint is intact, please report this"
+            )
 
     def _info(self) -> dict:
         privacy = self.recipe.privacy

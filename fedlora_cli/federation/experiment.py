@@ -52,14 +52,8 @@ def build_experiment(recipe: Recipe, train: TextDataset, test: TextDataset, clie
     tokenizer = load_tokenizer(recipe.model.name)
     model, method = build_model(recipe, len(train.label_names))
     tokenized_train = tokenize(train, tokenizer, recipe.data.max_length)
-    client_data = [_subset(tokenized_train, indices) for indices in clients]
+    client_data = [tokenized_train.subset(indices) for indices in clients]
     test_data = tokenize(test, tokenizer, recipe.data.max_length)
     if not any(p.requires_grad for p in model.parameters()):
         raise InputError("nothing to train: the method trains no parameter of this model; check model.target_modules")
     return Experiment(recipe, train, test, clients, client_data, test_data, model, method)
-
-
-def _subset(data: TokenizedDataset, indices: np.ndarray) -> TokenizedDataset:
-    idx = indices.tolist()
-    types = [data.token_type_ids[i] for i in idx] if data.token_type_ids is not None else None
-    return TokenizedDataset([data.input_ids[i] for i in idx], types, data.labels[idx], data.pad_token_id)

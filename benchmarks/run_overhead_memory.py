@@ -6,7 +6,8 @@ and reports, from the run's own metrics:
 
 * the fraction of wall time spent outside client compute
   (``1 − Σ client_seconds / wall_seconds``: sampling, aggregation, accounting, evaluation,
-  checkpointing, reporting; model loading and tokenization happen before the clock starts);
+  checkpointing, the final save and reload check, reporting; model loading and tokenization
+  happen before the clock starts), and the same without test-set evaluation;
 * the child's peak resident memory (``ru_maxrss`` from ``wait4``).
 
     python benchmarks/run_overhead_memory.py --rounds 4
@@ -39,10 +40,13 @@ def run(overrides: list[str], out: Path) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     client_seconds = sum(m["client_seconds"] for m in metrics)
+    eval_seconds = sum(m.get("eval_seconds", 0.0) for m in metrics)
     return {
         "wall_seconds": summary["wall_seconds"],
         "client_seconds": client_seconds,
+        "eval_seconds": eval_seconds,
         "outside_client_fraction": 1 - client_seconds / summary["wall_seconds"],
+        "outside_client_and_eval_fraction": 1 - (client_seconds + eval_seconds) / summary["wall_seconds"],
         "peak_rss_mb": usage.ru_maxrss / 1024,
         "final_accuracy": summary["final_accuracy"],
     }
@@ -60,6 +64,7 @@ def main() -> None:
         "data.max_train_samples=30000",
         "data.max_length=64",
         "partition.method=iid",
+        "partition.min_samples=8",
         f"federation.rounds={args.rounds}",
         f"federation.local_steps={args.local_steps}",
         "federation.batch_size=16",

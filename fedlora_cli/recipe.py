@@ -334,8 +334,8 @@ def read_recipe_tree(path: Path) -> dict:
 def parse_recipe(tree: dict, *, source: str | None = None, base_dir: Path | None = None) -> Recipe:
     """Validate a recipe tree, raising one InputError that lists every problem.
 
-    Relative data paths are resolved against ``base_dir`` when they exist there, otherwise
-    against the current directory.
+    Data paths become absolute (so a run directory's recipe works from anywhere): relative ones
+    are taken from the current directory when they exist there, otherwise from ``base_dir``.
     """
     try:
         recipe = Recipe.model_validate(tree)
@@ -349,11 +349,12 @@ def parse_recipe(tree: dict, *, source: str | None = None, base_dir: Path | None
 def _resolve_data_paths(data: DataConfig, base_dir: Path) -> None:
     for attr in ("source", "test_path"):
         value = getattr(data, attr)
-        if value is None or value == "bbc_news" or Path(value).is_absolute() or Path(value).exists():
+        if value is None or value == "bbc_news":
             continue
-        candidate = base_dir / value
-        if candidate.exists():
-            setattr(data, attr, str(candidate.resolve()))
+        for candidate in (Path(value), base_dir / value):
+            if candidate.exists():
+                setattr(data, attr, str(candidate.resolve()))
+                break
 
 
 def load_recipe(name_or_path: str | None = None, overrides: list[str] | None = None) -> Recipe:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -68,6 +69,11 @@ def guarded(fn):
             raise typer.Exit(EXIT_FAILURE) from None
 
     return wrapper
+
+
+def progress(text: str, show: bool):
+    """A spinner on stderr for a long phase (or nothing, for --json and --quiet)."""
+    return err_console().status(text) if show else contextlib.nullcontext()
 
 
 def wants_json(json_flag: bool) -> bool:

@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from fedlora_cli.cli.common import EXIT_BUDGET, EXIT_INTERRUPTED, err_console, guarded, wants_json
+from fedlora_cli.cli.common import EXIT_BUDGET, EXIT_INTERRUPTED, err_console, guarded, progress, wants_json
 from fedlora_cli.errors import InputError
 from fedlora_cli.recipe import dump_recipe
 from fedlora_cli.report.console import JsonLinesReporter, LiveTableReporter
@@ -41,20 +41,20 @@ def train(
     from fedlora_cli.report.plots import plot_run
 
     recipe, overrides = _split_recipe_and_overrides(recipe, list(overrides or []))
+    as_json = wants_json(json_output)
     if resume is not None:
         if recipe is not None or overrides or out is not None:
             raise InputError("--resume takes the recipe from the run directory; drop the recipe, overrides and --out")
         run_dir = RunDir.existing(resume)
-        checked = check_recipe(str(run_dir.recipe_path))
+    with progress("checking the recipe, loading data and model, tokenizing", show=not (as_json or quiet)):
+        checked = check_recipe(str(run_dir.recipe_path) if resume is not None else recipe, overrides)
         experiment = build_experiment(checked.recipe, checked.train, checked.test, checked.client_indices)
-    else:
-        checked = check_recipe(recipe, overrides)
-        experiment = build_experiment(checked.recipe, checked.train, checked.test, checked.client_indices)
+    if resume is None:
         name = f"{checked.recipe.name}-{checked.recipe.method.name}"
         run_dir = RunDir.at(out) if out is not None else RunDir.create(checked.recipe.output.dir, name)
         run_dir.write_recipe(dump_recipe(checked.recipe))
 
-    reporter = JsonLinesReporter() if wants_json(json_output) else LiveTableReporter(quiet=quiet)
+    reporter = JsonLinesReporter() if as_json else LiveTableReporter(quiet=quiet)
     run = FederatedRun(experiment, run_dir, reporter)
     if resume is not None:
         run.resume()

@@ -28,7 +28,7 @@ from fedlora_cli.privacy.client_level import EPSILON_SCOPE, ClientLevelDP, noise
 from fedlora_cli.privacy.sample_level import SampleLevelPlan
 
 BASE_PREFIX = "base::"
-TIMING_KEYS = ("seconds", "client_seconds", "aggregation_seconds", "wall_seconds")
+TIMING_KEYS = ("seconds", "client_seconds", "aggregation_seconds", "eval_seconds", "wall_seconds")
 
 
 class Reporter(Protocol):
@@ -208,8 +208,10 @@ class FederatedRun:
         }
         every = self.fed.eval_every
         if round_number == self.fed.rounds or (every and round_number % every == 0):
+            eval_start = time.perf_counter()
             scores = self._evaluate()
             metrics["eval_accuracy"], metrics["eval_loss"] = scores["accuracy"], scores["loss"]
+            metrics["eval_seconds"] = time.perf_counter() - eval_start
         if round_clip is not None:
             metrics["client_clip"] = round_clip
         metrics["seconds"] = time.perf_counter() - round_start

@@ -24,6 +24,7 @@ app.command("partition", help=partition.__doc__ + "\n\n" + EXIT_CODES_HELP)(part
 app.command("eval", help=eval_cli.__doc__ + "\n\n" + EXIT_CODES_HELP)(eval_cli.eval_command)
 app.command("compare", help=compare.__doc__ + "\n\n" + EXIT_CODES_HELP)(compare.compare)
 app.add_typer(recipes.app, name="recipes")
+app.add_typer(__import__("fedlora_cli.cli.flower", fromlist=["app"]).app, name="flower")
 
 
 def _silence_library_noise() -> None:

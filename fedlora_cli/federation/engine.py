@@ -4,6 +4,11 @@ Reproducibility and resume: every random choice of round t (which clients, each 
 batches, DP noise and dropout) is drawn from generators seeded by ``(seed, t, client)``
 (:func:`~fedlora_cli.federation.client.derive_seed`), so a run resumed from the checkpoint
 after round t continues bit-identically to one that never stopped (on CPU, secure_mode off).
+
+Who trains a round's sampled clients is a seam (:mod:`~fedlora_cli.federation.clients`): this
+process by default, Flower SuperNodes with :mod:`fedlora_cli.flower`. Clients that do not answer
+are left out of the aggregation and of the accounting, as long as at least
+``federation.min_clients_per_round`` answered.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import numpy as np
 import torch
 
 from fedlora_cli.federation.client import ClientNoise, LocalTrainer, derive_seed
+from fedlora_cli.federation.clients import ClientRunner, ClientTask, InProcessClients
 from fedlora_cli.errors import RunError
 from fedlora_cli.federation.artifacts import load_adapter_model
 from fedlora_cli.federation.evaluate import evaluate, predict_logits
@@ -51,7 +57,7 @@ class RunState:
 
 
 class FederatedRun:
-    def __init__(self, experiment: Experiment, run_dir: RunDir, reporter: Reporter):
+    def __init__(self, experiment: Experiment, run_dir: RunDir, reporter: Reporter, clients: ClientRunner | None = None):
         self.exp = experiment
         self.recipe = experiment.recipe
         self.fed = experiment.recipe.federation
@@ -69,6 +75,7 @@ class FederatedRun:
         self.trainer = LocalTrainer(self.model, self.fed, private=self.plan is not None)
         self.global_state = adapter_state(self.model)
         self.state = RunState(client_steps=[0] * self.fed.clients)
+        self.clients = clients if clients is not None else InProcessClients()  # who trains the sampled clients
 
     # ------------------------------------------------------------------------------- public
     def run(self) -> dict:
@@ -86,7 +93,7 @@ class FederatedRun:
                 self.state.elapsed = time.perf_counter() - start
                 if self.state.rounds_done % self.recipe.output.checkpoint_every == 0:
                     self.save_checkpoint()
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, RunError):
             self.state.elapsed = time.perf_counter() - start
             self.save_checkpoint()
             raise
@@ -165,21 +172,19 @@ class FederatedRun:
             return
         self.reporter.round_started(round_index + 1, sampled)
         download = self.method.download_bytes(self.global_state, round_index) * len(sampled)
-        uploads, losses = [], []
         client_start = time.perf_counter()
-        for client in sampled:
-            load_adapter_state(self.model, self.global_state)
-            result = self.trainer.train(
-                self.exp.client_data[client],
-                self.fed.local_steps,
-                derive_seed(self.fed.seed, round_index, client),
-                self._noise(client),
+        tasks = [ClientTask(k, derive_seed(self.fed.seed, round_index, k), self._noise(k)) for k in sampled]
+        results = self.clients.train(self, round_index, tasks)  # only the clients that answered
+        trained = [k for k in sampled if k in results]
+        for client in trained:
+            self.charge(client, results[client].steps)
+        if len(trained) < self.fed.min_clients_per_round:
+            raise RunError(
+                f"round {round_index + 1}: only {len(trained)} of {len(sampled)} sampled clients answered, below "
+                f"federation.min_clients_per_round={self.fed.min_clients_per_round}; the checkpoint is in {self.run_dir.path}"
             )
-            uploads.append(result.upload)
-            losses.append(result.mean_loss)
-            self.state.client_steps[client] += result.steps
-            if self.plan is not None:
-                self.plan.charge(client, result.steps)
+        uploads = [results[k].upload for k in trained]
+        losses = [results[k].mean_loss for k in trained]
         client_seconds = time.perf_counter() - client_start
         upload = sum(tensor_bytes(u.values()) for u in uploads)
 
@@ -189,14 +194,15 @@ class FederatedRun:
             generator = noise_generator(self.recipe.privacy.secure_mode, derive_seed(self.fed.seed, round_index, "server-noise"))
             self.global_state = self.client_dp.aggregate(self.method, self.global_state, uploads, round_index, generator)
         else:
-            self.global_state = self.method.aggregate(self.global_state, uploads, self._weights(sampled), round_index)
+            self.global_state = self.method.aggregate(self.global_state, uploads, self._weights(trained), round_index)
         aggregation_seconds = time.perf_counter() - aggregation_start
         load_adapter_state(self.model, self.global_state)
 
         round_number = round_index + 1
         metrics = {
             "round": round_number,
-            "clients": sampled,
+            "clients": trained,
+            **({"dropped": [k for k in sampled if k not in results]} if len(trained) < len(sampled) else {}),
             "train_loss": _mean_finite(losses),
             "eval_accuracy": None,
             "eval_loss": None,
@@ -218,6 +224,12 @@ class FederatedRun:
         self.state.metrics.append(metrics)
         self.state.rounds_done = round_number
         self.reporter.round_finished(metrics)
+
+    def charge(self, client: int, steps: int) -> None:
+        """Count ``steps`` local steps that ``client`` took: the accountant charges only these."""
+        self.state.client_steps[client] += steps
+        if self.plan is not None:
+            self.plan.charge(client, steps)
 
     def _noise(self, client: int) -> ClientNoise | None:
         if self.plan is None:

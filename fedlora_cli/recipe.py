@@ -38,7 +38,7 @@ class ModelConfig(Section):
 class DataConfig(Section):
     """Where the text classification data comes from."""
 
-    source: str = Field("bbc_news", description="builtin name (bbc_news) or a .csv/.tsv/.jsonl file")
+    source: str = Field("bbc_news", description="builtin name (bbc_news), a .csv/.tsv/.jsonl file, or a Hugging Face datasets directory saved with save_to_disk")
     text_column: str = "text"
     text_pair_column: str | None = Field(None, description="second text column for sentence pairs")
     label_column: str = "label"

@@ -38,6 +38,7 @@ def test_sweep_grid_tables_and_resume(tiny_recipe, tmp_path):
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == 4 and all(row["seeds"] == "2" for row in rows)
     assert (out / "results.md").exists() and (out / "results.png").stat().st_size > 0
+    assert len(list(out.glob("*_seed-*/metrics.png"))) == 8
 
     finished = sorted(out.glob("*_seed-*/summary.json"))
     mtimes = {p: p.stat().st_mtime_ns for p in finished}

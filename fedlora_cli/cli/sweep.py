@@ -35,6 +35,7 @@ def sweep(
     from fedlora_cli.federation.experiment import build_experiment
     from fedlora_cli.federation.run_dir import RunDir
     from fedlora_cli.federation.sweep import SEED_KEY, cells, parse_grid, plot_table, summarize, write_plan, write_tables
+    from fedlora_cli.report.plots import plot_run
 
     axes = parse_grid(grid)
     base = list(overrides or [])
@@ -67,6 +68,7 @@ def sweep(
             if resuming:
                 run.resume()
             summary = run.run()
+            plot_run(run_path)
         row = {"cell": cell.label, "seed": seed, **summary}
         rows.append(row)
         if as_json:

@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -211,21 +212,37 @@ def test_supernode_killed_mid_round_does_not_sink_the_round(tiny_recipe, tmp_pat
     process = None
     killed = []
 
-    def kill_node_2_when_round_2_starts(event: dict) -> None:
-        if event["type"] == "round" and event["round"] == 1:
-            federation.stop_process("node-2", grace=0)  # the server is sending round 2 now
-            killed.append(True)
+    meta = tmp_path / "on-flower" / "checkpoint" / "meta.json"
+    watching = threading.Event()
 
+    def kill_node_2_when_round_2_starts() -> None:
+        # The server checkpoints round 1 just before it sends round 2. Its streamed round event
+        # can arrive seconds later (after node 2 already answered), so watch the file instead.
+        while watching.is_set():
+            try:
+                if json.loads(meta.read_text())["rounds_done"] >= 1:
+                    federation.stop_process("node-2", grace=0)
+                    killed.append(True)
+                    return
+            except (FileNotFoundError, json.JSONDecodeError):
+                pass
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=kill_node_2_when_round_2_starts, daemon=True)
     try:
         federation.start()
         command = flower_run_command(
             tiny_recipe, DROPOUT, federation.address, tmp_path / "on-flower", "--round-timeout", "90"
         )
         process = subprocess.Popen(command, env=flower_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        follow(process, kill_node_2_when_round_2_starts)
+        watching.set()
+        watcher.start()
+        follow(process)
+        watching.clear()
         stderr = process.stderr.read()
         assert process.returncode == 0, stderr + federation.log_tail("superlink")
     finally:
+        watching.clear()
         if process is not None and process.poll() is None:
             process.kill()
         federation.stop()

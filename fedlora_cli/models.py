@@ -9,10 +9,13 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
-from peft.tuners.lora import LoraLayer
+
+if TYPE_CHECKING:  # peft loads when a model is built, so checking a recipe stays quick
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
 
 from fedlora_cli.errors import InputError
 from fedlora_cli.recipe import ModelConfig
@@ -72,6 +75,8 @@ def _first_line(exc: Exception) -> str:
 
 def add_lora(model: torch.nn.Module, cfg: ModelConfig, seed: int) -> PeftModel:
     """Wrap ``model`` with a peft LoRA adapter (A Kaiming-uniform, B = 0, seeded)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=cfg.rank,
@@ -114,6 +119,8 @@ class LoraModule:
 
 def lora_modules(model: torch.nn.Module) -> list[LoraModule]:
     """Every LoRA layer of a peft model, in a fixed order."""
+    from peft.tuners.lora import LoraLayer
+
     return [LoraModule(name, module) for name, module in model.named_modules() if isinstance(module, LoraLayer)]
 
 

@@ -34,20 +34,23 @@ def train(
     json_output: bool = typer.Option(False, "--json", help="one JSON object per round on stdout"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no live table, only the final lines"),
 ) -> None:
-    # torch, transformers and opacus load when the command runs, so `fedlora --help` is fast
-    from fedlora_cli.federation.engine import FederatedRun
-    from fedlora_cli.federation.experiment import build_experiment
-    from fedlora_cli.federation.run_dir import RunDir
-    from fedlora_cli.report.plots import plot_run
-
     recipe, overrides = _split_recipe_and_overrides(recipe, list(overrides or []))
     as_json = wants_json(json_output)
     if resume is not None:
         if recipe is not None or overrides or out is not None:
             raise InputError("--resume takes the recipe from the run directory; drop the recipe, overrides and --out")
+        from fedlora_cli.federation.run_dir import RunDir
+
         run_dir = RunDir.existing(resume)
     with progress("checking the recipe, loading data and model, tokenizing", show=not (as_json or quiet)):
         checked = check_recipe(str(run_dir.recipe_path) if resume is not None else recipe, overrides)
+        # torch, transformers and opacus load only once the recipe is known to be good, so
+        # `fedlora --help` and recipe errors come back in about a second
+        from fedlora_cli.federation.engine import FederatedRun
+        from fedlora_cli.federation.experiment import build_experiment
+        from fedlora_cli.federation.run_dir import RunDir
+        from fedlora_cli.report.plots import plot_run
+
         experiment = build_experiment(checked.recipe, checked.train, checked.test, checked.client_indices)
     if resume is None:
         name = f"{checked.recipe.name}-{checked.recipe.method.name}"

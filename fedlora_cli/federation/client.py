@@ -10,7 +10,6 @@ by the expected batch size, on a Poisson-sampled batch (rate ``q = batch_size / 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -21,12 +20,7 @@ from opacus.optimizers import DPOptimizer
 from fedlora_cli.data.batching import TokenizedDataset, poisson_batch, uniform_batch
 from fedlora_cli.privacy.client_level import noise_generator
 from fedlora_cli.recipe import FederationConfig
-
-
-def derive_seed(*parts) -> int:
-    """A 63-bit seed that depends only on ``parts`` (run seed, round, client, purpose)."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+from fedlora_cli.seeding import derive_seed
 
 
 @dataclass

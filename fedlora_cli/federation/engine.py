@@ -2,7 +2,7 @@
 
 Reproducibility and resume: every random choice of round t (which clients, each client's
 batches, DP noise and dropout) is drawn from generators seeded by ``(seed, t, client)``
-(:func:`~fedlora_cli.federation.client.derive_seed`), so a run resumed from the checkpoint
+(:func:`~fedlora_cli.seeding.derive_seed`), so a run resumed from the checkpoint
 after round t continues bit-identically to one that never stopped (on CPU, secure_mode off).
 
 Who trains a round's sampled clients is a seam (:mod:`~fedlora_cli.federation.clients`): this
@@ -21,7 +21,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from fedlora_cli.federation.client import ClientNoise, LocalTrainer, derive_seed
+from fedlora_cli.federation.client import ClientNoise, LocalTrainer
+from fedlora_cli.seeding import derive_seed
 from fedlora_cli.federation.clients import ClientRunner, ClientTask, InProcessClients
 from fedlora_cli.errors import RunError
 from fedlora_cli.federation.artifacts import load_adapter_model

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from fedlora_cli.errors import InputError
-from fedlora_cli.federation.client import derive_seed
+from fedlora_cli.seeding import derive_seed
 from fedlora_cli.methods.base import Method
 from fedlora_cli.methods.registry import register
 from fedlora_cli.models import ADAPTER_NAME, is_head_parameter

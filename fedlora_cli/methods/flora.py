@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from fedlora_cli.federation.client import derive_seed
+from fedlora_cli.seeding import derive_seed
 from fedlora_cli.methods.base import Method, State, tensor_bytes
 from fedlora_cli.methods.registry import register
 

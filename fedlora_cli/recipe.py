@@ -84,6 +84,9 @@ class FederationConfig(Section):
     rounds: int = Field(5, ge=1)
     local_steps: int = Field(10, ge=1, description="optimizer steps per sampled client per round")
     batch_size: int = Field(32, ge=1, description="expected batch size (Poisson sampling under DP)")
+    microbatch_size: int = Field(
+        16, ge=1, description="examples per forward pass: a batch runs as length-sorted chunks (same gradient, less padding)"
+    )
     lr: float = Field(0.5, gt=0)
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     momentum: float = Field(0.0, ge=0, lt=1)

@@ -181,6 +181,89 @@ def test_one_outlier_cannot_move_the_adapter_more_than_lr_times_c(tiny_model_dir
     assert moved >= 0.99 * lr * clip  # clipping bound is tight: the step was clipped, not vanishing
 
 
+def varied_length_dataset():
+    """Seven examples of 3 to 40 tokens, so length-sorted chunks pad very differently."""
+    from fedlora_cli.data.batching import TokenizedDataset
+
+    lengths = [12, 3, 40, 7, 25, 5, 18]
+    generator = torch.Generator().manual_seed(0)
+    ids = [[101] + torch.randint(1000, 20000, (n - 2,), generator=generator).tolist() + [102] for n in lengths]
+    return TokenizedDataset(ids, [[0] * len(x) for x in ids], torch.tensor([0, 1, 2, 1, 0, 2, 1]), 0)
+
+
+def trainable_vector(model) -> torch.Tensor:
+    return torch.cat([p.detach().flatten().double() for p in model.parameters() if p.requires_grad])
+
+
+def per_example_gradients(model, data) -> torch.Tensor:
+    """Reference per-sample gradients: one backward pass per example, no Opacus."""
+    from fedlora_cli.federation.client import classification_loss
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    rows = []
+    for i in range(len(data)):
+        model.zero_grad(set_to_none=True)
+        classification_loss(model, data.batch([i])).backward()
+        rows.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten().double() for p in params]))
+    model.zero_grad(set_to_none=True)
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("microbatch_size", [1, 3, 100])
+def test_length_chunked_dp_step_equals_the_dp_sgd_equation(tiny_model_dir, microbatch_size):
+    """One DP-SGD step (Poisson rate 1, noise 0) run as length-sorted chunks moves the trainable
+    parameters by −lr·Σ_i clip_C(g_i)/n, with g_i from one backward pass per example; without DP
+    the chunks add up to −lr·mean_i g_i. Dropout is off so both sides see the same network."""
+    from fedlora_cli.federation.client import ClientNoise, LocalTrainer
+    from fedlora_cli.federation.experiment import build_model
+
+    data = varied_length_dataset()
+    recipe = tiny_recipe_obj(tiny_model_dir)
+    recipe.federation.lr = 0.5
+    recipe.federation.microbatch_size = microbatch_size
+    recipe.federation.batch_size = len(data)  # without DP: a fixed-size batch of every example
+    for private in (True, False):
+        model, _ = build_model(recipe, 3)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        model.train()
+        grads = per_example_gradients(model, data)
+        norms = grads.norm(dim=1)
+        clip = float(norms.median())  # some examples are clipped, some are not
+        if private:
+            expected_step = (grads * (clip / (norms + 1e-6)).clamp(max=1.0)[:, None]).sum(0) / len(data)
+        else:
+            expected_step = grads.mean(0)
+        before = trainable_vector(model)
+        noise = ClientNoise(1.0, 0.0, clip) if private else None
+        LocalTrainer(model, recipe.federation, private=private).train(data, 1, seed=0, noise=noise)
+        moved = trainable_vector(model) - before
+        torch.testing.assert_close(moved, -0.5 * expected_step, rtol=1e-4, atol=1e-7)
+
+
+def test_length_chunks_add_the_dp_noise_once_per_batch(tiny_model_dir):
+    """With noise on, chunks of 2 and one chunk of 7 give the same step: clipping is per example
+    and the noise σ·C is drawn once, at the batch's step (not once per chunk)."""
+    from fedlora_cli.federation.client import ClientNoise, LocalTrainer
+    from fedlora_cli.federation.experiment import build_model
+
+    data = varied_length_dataset()
+    steps = {}
+    for microbatch_size in (2, 7):
+        recipe = tiny_recipe_obj(tiny_model_dir)
+        recipe.federation.microbatch_size = microbatch_size
+        model, _ = build_model(recipe, 3)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        before = trainable_vector(model)
+        LocalTrainer(model, recipe.federation, private=True).train(data, 1, seed=3, noise=ClientNoise(1.0, 1.0, 0.05))
+        steps[microbatch_size] = trainable_vector(model) - before
+    assert steps[2].norm() > 0
+    torch.testing.assert_close(steps[2], steps[7], rtol=1e-4, atol=1e-7)
+
+
 def test_per_sample_gradients_are_float32_before_clipping_under_bf16(tiny_model_dir):
     """bf16 autocast makes Opacus's per-sample grads bf16; fedlora casts them before clipping."""
     import torch.nn.functional as F

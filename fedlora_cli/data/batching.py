@@ -48,10 +48,18 @@ class TokenizedDataset:
             batch["token_type_ids"] = types
         return batch
 
+    def length_sorted_chunks(self, indices, chunk_size: int) -> list[list[int]]:
+        """``indices`` sorted by sequence length, cut into chunks of ``chunk_size``.
+
+        Padding each chunk to its own longest example instead of the whole batch's longest
+        removes most of the padding: SST-2 sentences have a median of 10 tokens and a long tail.
+        """
+        order = sorted((int(i) for i in indices), key=lambda i: len(self.input_ids[i]))
+        return [order[i : i + chunk_size] for i in range(0, len(order), chunk_size)]
+
     def length_sorted_batches(self, batch_size: int) -> list[list[int]]:
         """All indices in batches of similar length (for fast evaluation)."""
-        order = sorted(range(len(self)), key=lambda i: len(self.input_ids[i]))
-        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        return self.length_sorted_chunks(range(len(self)), batch_size)
 
 
 def tokenize(dataset: TextDataset, tokenizer, max_length: int) -> TokenizedDataset:

@@ -110,17 +110,40 @@ class LocalTrainer:
                 if len(indices) == 0:
                     self._empty_batch()
                 else:
-                    loss = classification_loss(self.forward_model, data.batch(indices), self.cfg.precision)
-                    loss.backward()
-                    if noise is not None:
-                        grad_samples_to_float32(self.params)
-                    losses.append(loss.item())
+                    losses.append(self._batch_gradient(data, indices, optimizer if noise is not None else None))
                     examples += len(indices)
                 optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         upload = {name: p.detach().clone() for name, p in zip(self.names, self.params)}
         mean_loss = sum(losses) / len(losses) if losses else float("nan")
         return LocalResult(upload, mean_loss, steps, examples)
+
+    def _batch_gradient(self, data: TokenizedDataset, indices, dp_optimizer: DPOptimizer | None) -> float:
+        """Leave the gradient of the batch's mean loss ready for ``optimizer.step()``; return that loss.
+
+        The batch runs as length-sorted chunks (``federation.microbatch_size``), each padded only
+        to its own longest example. Without DP the chunk losses are weighted by their share of the
+        batch, so the gradients add up to the batch-mean gradient. Under DP every chunk's
+        per-sample gradients are clipped into Opacus's running sum (a skipped step, as in Opacus's
+        ``BatchMemoryManager``); the last chunk is left for the caller's step, which clips it, adds
+        the noise ``σ·C`` once and divides by the expected batch size. The batch is still the one
+        Poisson draw: chunking changes the padding, not which examples are in the step.
+        """
+        chunks = data.length_sorted_chunks(indices, self.cfg.microbatch_size)
+        total_loss = 0.0
+        for position, chunk in enumerate(chunks):
+            loss = classification_loss(self.forward_model, data.batch(chunk), self.cfg.precision)
+            if dp_optimizer is None:
+                (loss * (len(chunk) / len(indices))).backward()
+            else:
+                loss.backward()
+                grad_samples_to_float32(self.params)
+                if position < len(chunks) - 1:
+                    dp_optimizer.signal_skip_step(do_skip=True)
+                    dp_optimizer.step()
+                    dp_optimizer.zero_grad(set_to_none=True)
+            total_loss += loss.item() * len(chunk)
+        return total_loss / len(indices)
 
     def _empty_batch(self) -> None:
         """A Poisson draw can be empty: the DP step then adds noise to a zero gradient."""

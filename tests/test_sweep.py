@@ -56,3 +56,33 @@ def test_sweep_rejects_a_bad_grid_before_running(tiny_recipe, tmp_path):
     result = runner.invoke(app, ["sweep", str(tiny_recipe), "--grid", "method=fedavg,fedsdv", "--out", str(tmp_path / "s")])
     assert result.exit_code == 2 and "did you mean 'fedsvd'" in result.output
     assert not (tmp_path / "s").exists()
+
+
+def test_sweep_workers_split_the_plan_and_match_one_process(tiny_recipe, tmp_path):
+    """--workers 2 runs the plan as two --shard processes; the runs equal the one-process sweep."""
+    common = ["federation.rounds=1", "--grid", "method=fedavg,fedsvd", "--seeds", "2", "--json"]
+    one = runner.invoke(app, ["sweep", str(tiny_recipe), *common, "--out", str(tmp_path / "one")])
+    two = runner.invoke(app, ["sweep", str(tiny_recipe), *common, "--out", str(tmp_path / "two"), "--workers", "2"])
+    assert one.exit_code == 0 and two.exit_code == 0, two.output
+    for run in (tmp_path / "one").glob("*_seed-*"):
+        first = json.loads((run / "summary.json").read_text())
+        second = json.loads((tmp_path / "two" / run.name / "summary.json").read_text())
+        assert second["final_accuracy"] == first["final_accuracy"]
+        assert second["client_epsilons"] == first["client_epsilons"]
+    tables = [list(csv.DictReader((tmp_path / name / "results.csv").open())) for name in ("one", "two")]
+    drop_time = [[{k: v for k, v in row.items() if k != "wall_seconds_mean"} for row in table] for table in tables]
+    assert drop_time[0] == drop_time[1] and len(drop_time[0]) == 2
+
+
+def test_sweep_shard_runs_its_share_and_leaves_the_table_to_the_last(tiny_recipe, tmp_path):
+    out = tmp_path / "s"
+    args = ["sweep", str(tiny_recipe), "federation.rounds=1", "--grid", "method=fedavg,ffa,fedsvd", "--out", str(out)]
+    first = runner.invoke(app, [*args, "--shard", "2/2"])
+    assert first.exit_code == 0, first.output
+    assert len(list(out.glob("*_seed-0/summary.json"))) == 1 and not (out / "results.csv").exists()
+    assert "not finished" in first.output
+    last = runner.invoke(app, [*args, "--shard", "1/2"])
+    assert last.exit_code == 0, last.output
+    assert len(list(csv.DictReader((out / "results.csv").open()))) == 3
+    bad = runner.invoke(app, [*args, "--shard", "3/2"])
+    assert bad.exit_code == 2 and "--shard" in bad.output

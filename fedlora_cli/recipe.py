@@ -95,8 +95,10 @@ class FederationConfig(Section):
     eval_every: int = Field(1, ge=0, description="evaluate every N rounds (0: only at the end)")
     eval_batch_size: int = Field(64, ge=1)
     client_weighting: Literal["samples", "uniform"] = "samples"
-    precision: Literal["float32", "bfloat16"] = Field(
-        "float32", description="forward-pass compute precision (bfloat16: CPU autocast); DP math stays float32"
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="forward-pass precision: bfloat16 (CPU autocast), float32, or auto (bfloat16 where the CPU "
+        "has native bfloat16 instructions); DP math stays float32",
     )
     min_clients_per_round: int = Field(
         1, ge=1, description="aggregate a round when at least this many sampled clients answered (others dropped out)"

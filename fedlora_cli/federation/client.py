@@ -18,6 +18,7 @@ from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 
 from fedlora_cli.data.batching import TokenizedDataset, poisson_batch, uniform_batch
+from fedlora_cli.federation.precision import resolve_precision
 from fedlora_cli.privacy.client_level import noise_generator
 from fedlora_cli.recipe import FederationConfig
 from fedlora_cli.seeding import derive_seed
@@ -80,6 +81,7 @@ class LocalTrainer:
         self.cfg = cfg
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.names = [name for name, p in model.named_parameters() if p.requires_grad]
+        self.precision = resolve_precision(cfg.precision)
         self.forward_model = GradSampleModule(model, loss_reduction="mean") if private else model
 
     def train(self, data: TokenizedDataset, steps: int, seed: int, noise: ClientNoise | None) -> LocalResult:
@@ -132,7 +134,7 @@ class LocalTrainer:
         chunks = data.length_sorted_chunks(indices, self.cfg.microbatch_size)
         total_loss = 0.0
         for position, chunk in enumerate(chunks):
-            loss = classification_loss(self.forward_model, data.batch(chunk), self.cfg.precision)
+            loss = classification_loss(self.forward_model, data.batch(chunk), self.precision)
             if dp_optimizer is None:
                 (loss * (len(chunk) / len(indices))).backward()
             else:

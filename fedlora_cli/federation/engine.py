@@ -292,6 +292,7 @@ class FederatedRun:
             "bytes_up_total": sum(m["bytes_up"] for m in self.state.metrics),
             "bytes_down_total": sum(m["bytes_down"] for m in self.state.metrics),
             "stopped": self.state.stopped,
+            "precision": self.trainer.precision,
             "wall_seconds": self.state.elapsed,
         }
         if self.client_dp is not None:
@@ -322,6 +323,7 @@ class FederatedRun:
             "rounds": self.fed.rounds,
             "resumed_at_round": self.state.rounds_done,
             "privacy_level": privacy.level,
+            "precision": self.trainer.precision,
         }
         if self.plan is not None:
             info["noise_multipliers"] = sorted({round(b.noise_multiplier, 4) for b in self.plan.clients})

@@ -104,7 +104,7 @@ class LiveTableReporter:
     def run_started(self, info: dict) -> None:
         if not self.quiet:
             privacy = info["privacy_level"]
-            line = f"run {info['run_dir']}: {info['method']} on {info['model']}, {info['clients']} clients {info['client_sizes']}, {info['rounds']} rounds, privacy {privacy}"
+            line = f"run {info['run_dir']}: {info['method']} on {info['model']}, {info['clients']} clients {info['client_sizes']}, {info['rounds']} rounds, {info['precision']}, privacy {privacy}"
             line += privacy_line(info)
             if privacy != "none" and not info["secure_mode"]:
                 line += "; secure_mode off (noise from torch's PRNG)"

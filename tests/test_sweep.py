@@ -86,3 +86,21 @@ def test_sweep_shard_runs_its_share_and_leaves_the_table_to_the_last(tiny_recipe
     assert len(list(csv.DictReader((out / "results.csv").open()))) == 3
     bad = runner.invoke(app, [*args, "--shard", "3/2"])
     assert bad.exit_code == 2 and "--shard" in bad.output
+
+
+def test_more_seeds_or_a_sub_grid_reuse_the_runs_already_done(tiny_recipe, tmp_path):
+    out = tmp_path / "s"
+    base = ["sweep", str(tiny_recipe), "federation.rounds=1", "--out", str(out), "--json"]
+    first = runner.invoke(app, [*base, "--grid", "method=fedavg,ffa"])
+    assert first.exit_code == 0, first.output
+    done = {p: p.stat().st_mtime_ns for p in out.glob("*_seed-0/summary.json")}
+    assert len(done) == 2
+    more = runner.invoke(app, [*base, "--grid", "method=ffa", "--seeds", "2"])
+    assert more.exit_code == 0, more.output
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in done.items())  # not run again
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(row["cell"], row["seeds"]) for row in rows] == [("method.name=ffa", "2")]
+    per_seed = [float(a) for a in rows[0]["accuracy_per_seed"].split()]
+    assert len(per_seed) == 2 and sum(per_seed) / 2 == pytest.approx(float(rows[0]["accuracy_mean"]), abs=1e-4)
+    other = runner.invoke(app, ["sweep", str(tiny_recipe), "federation.rounds=2", "--out", str(out), "--grid", "method=ffa"])
+    assert other.exit_code == 2 and "another --out" in other.output

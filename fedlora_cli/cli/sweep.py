@@ -2,7 +2,8 @@
 
 Example: fedlora sweep recipes/sst2.yaml --grid method=fedavg,ffa,fedsvd
 --grid privacy.target_epsilon=none,6,3 --seeds 3 --out sweeps/sst2
-Re-running the same command skips finished runs and resumes interrupted ones.
+Re-running the same command skips finished runs and resumes interrupted ones; more --seeds or a
+sub-grid of the same recipe and overrides into the same --out reuse the runs already there.
 `--workers 2` runs two runs at a time, each process on its share of the CPU cores (on 2 cores
 about 1.5x the runs per hour of one process: small LoRA matrices do not keep two threads busy).
 """
@@ -45,8 +46,8 @@ def sweep(
     from fedlora_cli.federation.engine import FederatedRun
     from fedlora_cli.federation.experiment import build_experiment
     from fedlora_cli.federation.run_dir import RunDir
-    from fedlora_cli.federation.sweep import SEED_KEY, cells, parse_grid, plot_table, summarize, write_plan, write_tables
-    from fedlora_cli.report.plots import plot_run
+    from fedlora_cli.federation.sweep import SEED_KEY, cells, parse_grid, summarize, write_plan, write_tables
+    from fedlora_cli.report.plots import plot_run, plot_sweep
 
     shard_index, shard_count = _parse_shard(shard)
     if workers > 1 and shard is not None:
@@ -113,7 +114,7 @@ def sweep(
         return
     table = summarize(rows)
     write_tables(out, table)
-    png = plot_table(out, table)
+    png = plot_sweep(table, out / "results.png", f"{out.name}: {len(seed_list)} seed(s) per cell")
     if as_json:
         print(json.dumps({"type": "table", "rows": table, "png": str(png)}))
     else:

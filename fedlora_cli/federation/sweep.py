@@ -3,7 +3,9 @@
 ``--grid method.name=fedavg,ffa --grid privacy.target_epsilon=none,6 --seeds 3`` gives
 2 × 2 × 3 runs. ``privacy.target_epsilon=none`` means no DP (``privacy.level=none``).
 A sweep directory holds ``sweep.json`` (the plan) and one run directory per cell and seed;
-re-running the same command skips finished runs and resumes interrupted ones.
+re-running the same command skips finished runs and resumes interrupted ones. A run is known by
+its cell and seed, so a later sweep of the same recipe and overrides into the same directory
+with more seeds or a sub-grid reuses every run it shares with the earlier one.
 """
 
 from __future__ import annotations
@@ -75,14 +77,19 @@ def mean_ci95(values: list[float]) -> tuple[float, float]:
 
 
 def write_plan(sweep_dir: Path, recipe: str, axes, seeds: list[int], base_overrides: list[str]) -> None:
-    plan = {"recipe": recipe, "grid": axes, "seeds": seeds, "overrides": base_overrides}
+    """Record the plan; a directory holding runs of another recipe or other overrides is refused."""
+    plan = json.loads(json.dumps({"recipe": recipe, "grid": axes, "seeds": seeds, "overrides": base_overrides}))
     path = sweep_dir / "sweep.json"
     if path.exists():
         existing = json.loads(path.read_text(encoding="utf-8"))
-        if existing != json.loads(json.dumps(plan)):
-            raise InputError(f"{sweep_dir} holds a different sweep ({existing}); use another --out")
-    else:
-        atomic_write_text(path, json.dumps(plan, indent=2))
+        if (existing["recipe"], existing["overrides"]) != (plan["recipe"], plan["overrides"]):
+            raise InputError(
+                f"{sweep_dir} holds runs of recipe {existing['recipe']} with overrides {existing['overrides']}; "
+                "use another --out"
+            )
+        if existing == plan:
+            return
+    atomic_write_text(path, json.dumps(plan, indent=2))
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -100,6 +107,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                 "seeds": len(runs),
                 "accuracy_mean": accuracy,
                 "accuracy_ci95": half,
+                "accuracy_per_seed": " ".join(f"{r['final_accuracy']:.4f}" for r in sorted(runs, key=lambda r: r["seed"])),
                 "epsilon_max": max(epsilons) if epsilons else None,
                 "bytes_up_mean": statistics.fmean(r["bytes_up_total"] for r in runs),
                 "wall_seconds_mean": statistics.fmean(r["wall_seconds"] for r in runs),
@@ -109,34 +117,20 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def write_tables(sweep_dir: Path, table: list[dict]) -> None:
-    header = ["cell", "seeds", "accuracy_mean", "accuracy_ci95", "epsilon_max", "bytes_up_mean", "wall_seconds_mean"]
+    header = ["cell", "seeds", "accuracy_mean", "accuracy_ci95", "accuracy_per_seed", "epsilon_max", "bytes_up_mean",
+              "wall_seconds_mean"]
+    quoted = {"cell", "accuracy_per_seed"}
     csv_lines = [",".join(header)]
-    md = ["| cell | seeds | accuracy (mean ± 95% CI) | epsilon (max) | bytes up / run | seconds / run |", "|---|---|---|---|---|---|"]
+    md = [
+        "| cell | seeds | accuracy (mean ± 95% CI) | accuracy per seed | epsilon (max) | bytes up / run | seconds / run |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in table:
-        csv_lines.append(",".join(f'"{row[h]}"' if h == "cell" else str(row[h]) for h in header))
+        csv_lines.append(",".join(f'"{row[h]}"' if h in quoted else str(row[h]) for h in header))
         eps = "no DP" if row["epsilon_max"] is None else f"{row['epsilon_max']:.2f}"
         md.append(
-            f"| {row['cell']} | {row['seeds']} | {row['accuracy_mean']:.4f} ± {row['accuracy_ci95']:.4f} | {eps} "
-            f"| {row['bytes_up_mean'] / 1e6:.2f} MB | {row['wall_seconds_mean']:.0f} |"
+            f"| {row['cell']} | {row['seeds']} | {row['accuracy_mean']:.4f} ± {row['accuracy_ci95']:.4f} "
+            f"| {row['accuracy_per_seed']} | {eps} | {row['bytes_up_mean'] / 1e6:.2f} MB | {row['wall_seconds_mean']:.0f} |"
         )
     atomic_write_text(sweep_dir / "results.csv", "\n".join(csv_lines) + "\n")
     atomic_write_text(sweep_dir / "results.md", "\n".join(md) + "\n")
-
-
-def plot_table(sweep_dir: Path, table: list[dict]) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(6, len(table) * 0.7), 4))
-    labels = [row["cell"] for row in table]
-    ax.bar(range(len(table)), [r["accuracy_mean"] for r in table], yerr=[r["accuracy_ci95"] for r in table], capsize=3)
-    ax.set_xticks(range(len(table)), labels, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("final test accuracy (mean ± 95% CI)")
-    ax.set_ylim(0, 1)
-    fig.tight_layout()
-    path = sweep_dir / "results.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

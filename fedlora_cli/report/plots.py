@@ -111,3 +111,39 @@ def plot_partition(counts: np.ndarray, label_names: list[str], path: str | Path,
                         color="black" if counts[k, j] > threshold else "white")
     figure.tight_layout()
     return _save(figure, Path(path))
+
+
+def plot_sweep(table: list[dict], path: str | Path, title: str) -> Path:
+    """A sweep's final accuracy: bars (mean ± 95% CI) grouped by the grid's first axis, one
+    colour per value of the other axes, and each seed's run as a dot on its bar.
+
+    ``table`` rows are :func:`fedlora_cli.federation.sweep.summarize` rows; a cell label reads
+    ``key=value, key=value`` (grid values cannot hold commas).
+    """
+    cells = [[part.partition("=") for part in row["cell"].split(", ")] for row in table]
+    groups = list(dict.fromkeys(cell[0][2] for cell in cells))
+    series = list(dict.fromkeys(", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, _, v in cell[1:]) for cell in cells))
+    width = 0.8 / len(series)
+    figure = Figure(figsize=(max(6.0, 1.2 + len(table) * 0.45), 4.2))
+    ax = figure.subplots()
+    colors = [f"C{i % 10}" for i in range(len(series))]
+    labelled = set()
+    for row, cell in zip(table, cells):
+        name = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, _, v in cell[1:])
+        index = series.index(name)
+        x = groups.index(cell[0][2]) + (index - (len(series) - 1) / 2) * width
+        ax.bar(x, row["accuracy_mean"], width * 0.9, yerr=row["accuracy_ci95"], capsize=2, color=colors[index],
+               alpha=0.75, label=name if name and name not in labelled else None)
+        labelled.add(name)
+        seeds = [float(a) for a in row["accuracy_per_seed"].split()]
+        ax.plot([x] * len(seeds), seeds, "o", color="black", markersize=2.5, alpha=0.7)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_xlabel(cells[0][0][0] if cells else "")
+    ax.set_ylabel("final test accuracy\n(mean ± 95% CI; dots: seeds)")
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title)
+    if any(series):
+        ax.legend(fontsize="small", ncols=min(3, len(series)), loc="lower right")
+    figure.tight_layout()
+    return _save(figure, Path(path))

@@ -83,6 +83,7 @@ def test_sweep_shard_runs_its_share_and_leaves_the_table_to_the_last(tiny_recipe
     assert "not finished" in first.output
     last = runner.invoke(app, [*args, "--shard", "1/2"])
     assert last.exit_code == 0, last.output
+    assert last.output.count('"type": "run"') == 2  # its own runs 1 and 3; run 2 was reported by 2/2
     assert len(list(csv.DictReader((out / "results.csv").open()))) == 3
     bad = runner.invoke(app, [*args, "--shard", "3/2"])
     assert bad.exit_code == 2 and "--shard" in bad.output

@@ -78,7 +78,8 @@ def sweep(
     for index, ((cell, seed), checked) in enumerate(zip(plan, checked_runs), start=1):
         run_path = out / f"{cell.slug()}_seed-{seed}"
         summary = RunDir(run_path).read_summary() if run_path.exists() else None
-        if summary is None and (index - 1) % shard_count != shard_index - 1:
+        mine = (index - 1) % shard_count == shard_index - 1
+        if summary is None and not mine:
             pending += 1  # another shard's run, not finished yet
             continue
         if summary is None:
@@ -94,8 +95,8 @@ def sweep(
             plot_run(run_path)
         row = {"cell": cell.label, "seed": seed, **summary}
         rows.append(row)
-        if workers > 1:
-            continue  # the worker processes already reported their runs
+        if workers > 1 or not mine:
+            continue  # reported by the worker process or shard that owns the run
         if as_json:
             print(json.dumps({"type": "run", **row}), flush=True)
         else:

@@ -24,7 +24,6 @@ GRID_ALIASES = {"method": "method.name"}
 SEED_KEY = "federation.seed"
 
 
-
 @dataclass(frozen=True)
 class Cell:
     """One grid point: an ordered tuple of (dotted key, value string)."""

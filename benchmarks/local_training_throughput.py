@@ -13,7 +13,7 @@ by side in one process, alternating repeats, medians reported:
   each batch in one piece (padded to its longest member) to show what the chunking adds.
 
 Every variant's SST-2 test accuracy after the same steps (each repeat: its own seed) guards against
-buying speed with quality; the defaults (noise multiplier 0.5, SGD lr 1.0, 150 steps) are a
+buying speed with quality; the defaults (noise multiplier 0.3, SGD lr 1.0, 150 steps) are a
 setting in which DP-SGD visibly learns within the steps.
 
     python benchmarks/local_training_throughput.py --steps 150 --repeats 3
@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train-examples", type=int, default=10000)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--sigma", type=float, default=0.5)
+    parser.add_argument("--sigma", type=float, default=0.3)
     parser.add_argument("--clip", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=1.0)
     parser.add_argument("--microbatch-size", type=int, default=FederationConfig().microbatch_size)

@@ -27,7 +27,7 @@ def final_accuracies(sweep_dir: Path) -> dict[tuple[tuple[str, str], ...], dict[
     for cell in cells([(key, values) for key, values in plan["grid"]]):
         by_seed = {}
         for seed in plan["seeds"]:
-            summary = RunDir(sweep_dir / f"{cell.slug()}_seed-{seed}").read_summary()
+            summary = RunDir(sweep_dir / cell.run_name(seed)).read_summary()
             if summary is not None:
                 by_seed[seed] = summary["final_accuracy"]
         result[cell.settings] = by_seed

@@ -76,7 +76,7 @@ def sweep(
     rows = []
     pending = 0
     for index, ((cell, seed), checked) in enumerate(zip(plan, checked_runs), start=1):
-        run_path = out / f"{cell.slug()}_seed-{seed}"
+        run_path = out / cell.run_name(seed)
         summary = RunDir(run_path).read_summary() if run_path.exists() else None
         mine = (index - 1) % shard_count == shard_index - 1
         if summary is None and not mine:

@@ -46,6 +46,10 @@ class Cell:
     def slug(self) -> str:
         return "_".join(f"{key}-{value}" for key, value in self.settings).replace("/", "-")
 
+    def run_name(self, seed: int) -> str:
+        """The run directory of this cell and seed inside a sweep directory."""
+        return f"{self.slug()}_seed-{seed}"
+
 
 def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
     axes = []
@@ -106,7 +110,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                 "seeds": len(runs),
                 "accuracy_mean": accuracy,
                 "accuracy_ci95": half,
-                "accuracy_per_seed": " ".join(f"{r['final_accuracy']:.4f}" for r in sorted(runs, key=lambda r: r["seed"])),
+                "accuracy_per_seed": [r["final_accuracy"] for r in sorted(runs, key=lambda r: r["seed"])],
                 "epsilon_max": max(epsilons) if epsilons else None,
                 "bytes_up_mean": statistics.fmean(r["bytes_up_total"] for r in runs),
                 "wall_seconds_mean": statistics.fmean(r["wall_seconds"] for r in runs),
@@ -125,6 +129,7 @@ def write_tables(sweep_dir: Path, table: list[dict]) -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for row in table:
+        row = {**row, "accuracy_per_seed": " ".join(f"{a:.4f}" for a in row["accuracy_per_seed"])}
         csv_lines.append(",".join(f'"{row[h]}"' if h in quoted else str(row[h]) for h in header))
         eps = "no DP" if row["epsilon_max"] is None else f"{row['epsilon_max']:.2f}"
         md.append(

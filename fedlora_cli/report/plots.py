@@ -122,20 +122,20 @@ def plot_sweep(table: list[dict], path: str | Path, title: str) -> Path:
     """
     cells = [[part.partition("=") for part in row["cell"].split(", ")] for row in table]
     groups = list(dict.fromkeys(cell[0][2] for cell in cells))
-    series = list(dict.fromkeys(", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, _, v in cell[1:]) for cell in cells))
+    names = [", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, _, v in cell[1:]) for cell in cells]
+    series = list(dict.fromkeys(names))
     width = 0.8 / len(series)
     figure = Figure(figsize=(max(6.0, 1.2 + len(table) * 0.45), 4.2))
     ax = figure.subplots()
     colors = [f"C{i % 10}" for i in range(len(series))]
     labelled = set()
-    for row, cell in zip(table, cells):
-        name = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, _, v in cell[1:])
+    for row, cell, name in zip(table, cells, names):
         index = series.index(name)
         x = groups.index(cell[0][2]) + (index - (len(series) - 1) / 2) * width
         ax.bar(x, row["accuracy_mean"], width * 0.9, yerr=row["accuracy_ci95"], capsize=2, color=colors[index],
                alpha=0.75, label=name if name and name not in labelled else None)
         labelled.add(name)
-        seeds = [float(a) for a in row["accuracy_per_seed"].split()]
+        seeds = row["accuracy_per_seed"]
         ax.plot([x] * len(seeds), seeds, "o", color="black", markersize=2.5, alpha=0.7)
     ax.set_xticks(range(len(groups)), groups)
     ax.set_xlabel(cells[0][0][0] if cells else "")

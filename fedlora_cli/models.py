@@ -7,6 +7,7 @@ package; any other name is passed to ``from_pretrained`` (a Hugging Face id or l
 from __future__ import annotations
 
 import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,8 +45,12 @@ def load_tokenizer(name: str):
         raise InputError(f"model.name: cannot load a tokenizer for '{name}' ({_first_line(exc)})") from None
 
 
-def load_base_model(name: str, num_labels: int, seed: int) -> torch.nn.Module:
-    """The pretrained encoder with a fresh classifier head; the head's init depends only on ``seed``."""
+def load_base_model(name: str, num_labels: int, seed: int, pooling: str = "auto") -> torch.nn.Module:
+    """The pretrained encoder with a fresh classifier head; the head's init depends only on ``seed``.
+
+    ``pooling`` picks what the head reads (:func:`resolve_pooling`): ``mean`` replaces the
+    encoder's CLS pooler by a masked mean over tokens (:class:`MaskedMeanPooler`).
+    """
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -66,7 +71,70 @@ def load_base_model(name: str, num_labels: int, seed: int) -> torch.nn.Module:
         hf_logging.set_verbosity(verbosity)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = model.config.eos_token_id
+    if resolve_pooling(name, pooling) == "mean":
+        use_mean_pooling(model, name)
     return model
+
+
+def trained_pooling(name: str) -> str | None:
+    """The pooling a sentence-transformers checkpoint was trained with (its ``1_Pooling/config.json``), if any."""
+    config = Path(resolve_model_path(name)) / "1_Pooling" / "config.json"
+    if not config.is_file():
+        return None
+    modes = json.loads(config.read_text(encoding="utf-8"))
+    if modes.get("pooling_mode_mean_tokens"):
+        return "mean"
+    if modes.get("pooling_mode_cls_token"):
+        return "cls"
+    return None
+
+
+def resolve_pooling(name: str, pooling: str) -> str:
+    """``auto``: the pooling the checkpoint was trained with when it says (all-MiniLM-L6-v2: mean), else ``cls``."""
+    if pooling != "auto":
+        return pooling
+    return trained_pooling(name) or "cls"
+
+
+class MaskedMeanPooler(torch.nn.Module):
+    """``h = Σ_t m_t·x_t / Σ_t m_t``: the mean of the last hidden states over real tokens.
+
+    Sentence-transformers checkpoints (all-MiniLM-L6-v2) were trained to produce sentence
+    embeddings this way; the BERT CLS pooler left in them was not trained for it. The encoder's
+    ``pooler`` is called with the hidden states only, so the attention mask is handed over by a
+    forward pre-hook on the encoder (:func:`use_mean_pooling`). No parameters.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention_mask: torch.Tensor | None = None
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        mask = self.attention_mask
+        if mask is None:
+            return hidden_states.mean(dim=1)
+        weights = mask.to(hidden_states.dtype).unsqueeze(-1)
+        return (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def use_mean_pooling(model: torch.nn.Module, name: str) -> None:
+    """Replace the encoder's CLS pooler with :class:`MaskedMeanPooler` (BERT-style models)."""
+    encoder = model.base_model
+    if not hasattr(encoder, "pooler"):
+        raise InputError(
+            f"model.pooling=mean: '{name}' ({type(model).__name__}) has no pooler to replace; "
+            "mean pooling supports BERT-style encoders, use model.pooling=cls"
+        )
+    pooler = MaskedMeanPooler()
+    encoder.pooler = pooler
+
+    def keep_mask(_module, args, kwargs):
+        mask = kwargs.get("attention_mask")
+        if mask is None and len(args) > 1:
+            mask = args[1]
+        pooler.attention_mask = mask
+
+    encoder.register_forward_pre_hook(keep_mask, with_kwargs=True)
 
 
 def _first_line(exc: Exception) -> str:

@@ -33,6 +33,11 @@ class ModelConfig(Section):
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
     target_modules: list[str] = Field(default_factory=lambda: ["query", "value"], min_length=1)
     train_head: bool = Field(True, description="train and average the classifier head (else frozen)")
+    pooling: Literal["auto", "mean", "cls"] = Field(
+        "auto",
+        description="what the head reads: mean over tokens, the CLS pooler, or auto (the checkpoint's own: "
+        "mean for sentence-transformers models such as minilm, else cls)",
+    )
 
 
 class DataConfig(Section):
@@ -87,7 +92,8 @@ class FederationConfig(Section):
     microbatch_size: int = Field(
         16, ge=1, description="examples per forward pass: a batch runs as length-sorted chunks (same gradient, less padding)"
     )
-    lr: float = Field(0.5, gt=0)
+    lr: float = Field(0.5, gt=0, description="client learning rate of the LoRA factors")
+    head_lr: float | None = Field(None, gt=0, description="client learning rate of the classifier head (default: lr)")
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     momentum: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
@@ -100,6 +106,15 @@ class FederationConfig(Section):
         description="forward-pass precision: bfloat16 (CPU autocast), float32, or auto (bfloat16 where the CPU "
         "has native bfloat16 instructions); DP math stays float32",
     )
+    server_optimizer: Literal["none", "momentum", "adagrad", "adam", "yogi"] = Field(
+        "none",
+        description="optimizer the server applies to the averaged update (FedAvgM: momentum; FedAdagrad/FedAdam/FedYogi); "
+        "post-processing, no privacy cost",
+    )
+    server_lr: float = Field(1.0, gt=0, description="server optimizer: step size η on the averaged update")
+    server_momentum: float = Field(0.9, ge=0, lt=1, description="server optimizer: β (momentum) / β1 (adaptive)")
+    server_beta2: float = Field(0.99, gt=0, lt=1, description="server optimizer adam/yogi: β2")
+    server_tau: float = Field(1e-3, gt=0, description="server optimizer adagrad/adam/yogi: τ, the adaptivity floor")
     min_clients_per_round: int = Field(
         1, ge=1, description="aggregate a round when at least this many sampled clients answered (others dropped out)"
     )
@@ -208,6 +223,26 @@ class Recipe(Section):
     method: MethodConfig = Field(default_factory=MethodConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _server_optimizer_keeps_method(self) -> "Recipe":
+        """A server optimizer must act on what the method averages without breaking its equation."""
+        optimizer, method = self.federation.server_optimizer, self.method.name
+        if optimizer == "none":
+            return self
+        if method in ("fedex", "flora"):
+            raise ValueError(
+                f"federation.server_optimizer={optimizer} with method {method}: {method} folds each round's "
+                "product update into the frozen weights, so an optimizer step on the averaged factors would not "
+                "be the method any more; use federation.server_optimizer=none or method fedavg/ffa/fedsvd/fedsb"
+            )
+        if method == "fedsvd" and optimizer != "momentum" and self.method.svd_period > 0:
+            raise ValueError(
+                f"federation.server_optimizer={optimizer} with fedsvd: its per-coordinate second moments lose their "
+                "meaning when the re-factorization rotates B's coordinates; use federation.server_optimizer=momentum "
+                "(carried into the new basis exactly) or method.svd_period=0"
+            )
+        return self
 
     @model_validator(mode="after")
     def _client_level_post_processing(self) -> "Recipe":

@@ -102,7 +102,8 @@ def sweep(
         else:
             eps = "no DP" if summary["epsilon"] is None else f"epsilon {summary['epsilon']:.2f}"
             console.print(
-                f"[{index}/{len(plan)}] {cell.label}, seed {seed}: accuracy {summary['final_accuracy']:.4f}, {eps}",
+                f"[{index}/{len(plan)}] {cell.label}, seed {seed}: accuracy {summary['final_accuracy']:.4f}, "
+                f"macro-F1 {summary.get('final_macro_f1', float('nan')):.4f}{', COLLAPSED' if summary.get('collapsed') else ''}, {eps}",
                 markup=False,
                 highlight=False,
             )

@@ -70,7 +70,7 @@ def load_adapter_model(recipe: Recipe, adapter_dir: str | Path, num_labels: int)
     from safetensors.torch import load_file
 
     adapter_dir = Path(adapter_dir)
-    base = load_base_model(recipe.model.name, num_labels, recipe.federation.seed)
+    base = load_base_model(recipe.model.name, num_labels, recipe.federation.seed, recipe.model.pooling)
     try:
         model = PeftModel.from_pretrained(base, str(adapter_dir))
     except (OSError, ValueError, RuntimeError, KeyError) as exc:

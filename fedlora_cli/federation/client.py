@@ -19,6 +19,7 @@ from opacus.optimizers import DPOptimizer
 
 from fedlora_cli.data.batching import TokenizedDataset, poisson_batch, uniform_batch
 from fedlora_cli.federation.precision import resolve_precision
+from fedlora_cli.models import is_head_parameter
 from fedlora_cli.privacy.client_level import noise_generator
 from fedlora_cli.recipe import FederationConfig
 from fedlora_cli.seeding import derive_seed
@@ -42,12 +43,19 @@ class LocalResult:
     examples: int
 
 
-def make_optimizer(params, cfg: FederationConfig) -> torch.optim.Optimizer:
+def make_optimizer(named_params: list[tuple[str, torch.nn.Parameter]], cfg: FederationConfig) -> torch.optim.Optimizer:
+    """The client optimizer: LoRA factors at ``lr``, the classifier head at ``head_lr`` (default ``lr``)."""
+    head_lr = cfg.head_lr if cfg.head_lr is not None else cfg.lr
+    groups = [
+        {"params": [p for name, p in named_params if not is_head_parameter(name)], "lr": cfg.lr},
+        {"params": [p for name, p in named_params if is_head_parameter(name)], "lr": head_lr},
+    ]
+    groups = [group for group in groups if group["params"]]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def classification_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], precision: str = "float32") -> torch.Tensor:
@@ -88,7 +96,7 @@ class LocalTrainer:
         """Run ``steps`` optimizer steps on ``data``; randomness depends only on ``seed``."""
         # under secure_mode the Poisson batches are secret too (amplification by sampling needs it)
         batch_generator = noise_generator(noise is not None and noise.secure_mode, derive_seed(seed, "batches"))
-        optimizer = make_optimizer(self.params, self.cfg)
+        optimizer = make_optimizer(list(zip(self.names, self.params)), self.cfg)
         if noise is not None:
             optimizer = DPOptimizer(
                 optimizer,

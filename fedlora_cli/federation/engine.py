@@ -26,7 +26,7 @@ from fedlora_cli.seeding import derive_seed
 from fedlora_cli.federation.clients import ClientRunner, ClientTask, InProcessClients
 from fedlora_cli.errors import RunError
 from fedlora_cli.federation.artifacts import load_adapter_model
-from fedlora_cli.federation.evaluate import evaluate, predict_logits
+from fedlora_cli.federation.evaluate import collapsed, evaluate, majority_baseline, predict_logits
 from fedlora_cli.federation.experiment import Experiment
 from fedlora_cli.federation.run_dir import RunDir
 from fedlora_cli.methods.base import tensor_bytes
@@ -35,6 +35,7 @@ from fedlora_cli.privacy.client_level import EPSILON_SCOPE, ClientLevelDP, noise
 from fedlora_cli.privacy.sample_level import SampleLevelPlan
 
 BASE_PREFIX = "base::"
+SERVER_PREFIX = "server::"  # the server optimizer's state in a checkpoint
 TIMING_KEYS = ("seconds", "client_seconds", "aggregation_seconds", "eval_seconds", "wall_seconds")
 
 
@@ -77,6 +78,7 @@ class FederatedRun:
         self.global_state = adapter_state(self.model)
         self.state = RunState(client_steps=[0] * self.fed.clients)
         self.clients = clients if clients is not None else InProcessClients()  # who trains the sampled clients
+        self.last_scores: tuple[int, dict] = (-1, {})  # (round, full scores) of the latest evaluation
 
     # ------------------------------------------------------------------------------- public
     def run(self) -> dict:
@@ -110,7 +112,11 @@ class FederatedRun:
         if loaded is None:
             return
         tensors, meta = loaded
-        self.global_state = {k: v for k, v in tensors.items() if not k.startswith(BASE_PREFIX)}
+        self.global_state = {k: v for k, v in tensors.items() if not k.startswith((BASE_PREFIX, SERVER_PREFIX))}
+        if self.method.server_optimizer is not None:
+            self.method.server_optimizer.load_state(
+                {k: v for k, v in tensors.items() if k.startswith(SERVER_PREFIX)}, SERVER_PREFIX
+            )
         base = {k.removeprefix(BASE_PREFIX): v for k, v in tensors.items() if k.startswith(BASE_PREFIX)}
         if base:
             by_name = {module.name: module for module in self.method.modules}
@@ -133,6 +139,8 @@ class FederatedRun:
 
     def save_checkpoint(self) -> None:
         tensors = dict(self.global_state)
+        if self.method.server_optimizer is not None:
+            tensors.update(self.method.server_optimizer.state(SERVER_PREFIX))
         if self.method.modifies_base:
             tensors.update({BASE_PREFIX + m.name: m.base_weight for m in self.method.modules})
         self.run_dir.write_metrics(self.state.metrics)
@@ -206,6 +214,7 @@ class FederatedRun:
             **({"dropped": [k for k in sampled if k not in results]} if len(trained) < len(sampled) else {}),
             "train_loss": _mean_finite(losses),
             "eval_accuracy": None,
+            "eval_macro_f1": None,
             "eval_loss": None,
             "epsilon": self._epsilon(),
             "bytes_up": upload,
@@ -217,7 +226,9 @@ class FederatedRun:
         if round_number == self.fed.rounds or (every and round_number % every == 0):
             eval_start = time.perf_counter()
             scores = self._evaluate()
-            metrics["eval_accuracy"], metrics["eval_loss"] = scores["accuracy"], scores["loss"]
+            self.last_scores = (round_number, scores)
+            metrics["eval_accuracy"], metrics["eval_macro_f1"] = scores["accuracy"], scores["macro_f1"]
+            metrics["eval_loss"] = scores["loss"]
             metrics["eval_seconds"] = time.perf_counter() - eval_start
         if round_clip is not None:
             metrics["client_clip"] = round_clip
@@ -265,12 +276,10 @@ class FederatedRun:
         with self.method.exported():
             self.run_dir.save_adapter(self.model, base)
             self._verify_saved_adapter()
-        last_eval = next((m for m in reversed(self.state.metrics) if m["eval_accuracy"] is not None), None)
-        if last_eval is None or last_eval["round"] != self.state.rounds_done:
-            scores = self._evaluate()
-            final_accuracy, final_loss = scores["accuracy"], scores["loss"]
-        else:
-            final_accuracy, final_loss = last_eval["eval_accuracy"], last_eval["eval_loss"]
+        evaluated_round, final = self.last_scores
+        if evaluated_round != self.state.rounds_done:
+            final = self._evaluate()
+        baseline = majority_baseline(self.exp.train.labels, self.exp.test_data.labels, len(self.exp.label_names))
         privacy = self.recipe.privacy
         private = self.plan is not None or self.client_dp is not None
         summary = {
@@ -278,8 +287,13 @@ class FederatedRun:
             "method": self.recipe.method.name,
             "rounds_completed": self.state.rounds_done,
             "rounds_planned": self.fed.rounds,
-            "final_accuracy": final_accuracy,
-            "final_loss": final_loss,
+            "final_accuracy": final["accuracy"],
+            "final_macro_f1": final["macro_f1"],
+            "final_balanced_accuracy": final["balanced_accuracy"],
+            "final_loss": final["loss"],
+            "predicted_counts": final["predicted_counts"],
+            **baseline,
+            "collapsed": collapsed(final, baseline["majority_accuracy"]),
             "privacy_level": privacy.level,
             "epsilon": self._epsilon(),
             "epsilon_scope": EPSILON_SCOPE.get(privacy.level),
@@ -298,6 +312,8 @@ class FederatedRun:
         if self.client_dp is not None:
             summary["client_dp"] = self.client_dp.info()
         self.run_dir.write_summary(summary)
+        if summary["collapsed"]:
+            self.reporter.note(collapse_warning(summary))
         return summary
 
     def _verify_saved_adapter(self, examples: int = 16) -> None:
@@ -338,6 +354,17 @@ class FederatedRun:
             info["secure_mode"] = privacy.secure_mode
             info["epsilon_scope"] = EPSILON_SCOPE["client"]
         return info
+
+
+def collapse_warning(summary: dict) -> str:
+    counts = summary["predicted_counts"]
+    return (
+        f"warning: the final model did not learn the task: it gives one class to {max(counts) / sum(counts):.0%} of "
+        f"the test set (predicted counts {counts}); accuracy {summary['final_accuracy']:.4f} vs "
+        f"{summary['majority_accuracy']:.4f} for always answering the majority class, macro-F1 "
+        f"{summary['final_macro_f1']:.4f}. Try more rounds or local steps, a smaller federation.lr, "
+        "federation.server_optimizer=momentum, or a larger privacy.target_epsilon (see README, 'Defaults that learn')"
+    )
 
 
 def _mean_finite(values: list[float]) -> float | None:

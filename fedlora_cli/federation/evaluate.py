@@ -1,4 +1,5 @@
-"""Scoring a model on a tokenized dataset: accuracy, macro-F1 and mean cross-entropy."""
+"""Scoring a model on a tokenized dataset: accuracy, macro-F1, balanced accuracy, mean
+cross-entropy, the predicted-class histogram, and whether the model collapsed to one class."""
 
 from __future__ import annotations
 
@@ -25,19 +26,46 @@ def predict_logits(model: torch.nn.Module, data: TokenizedDataset, batch_size: i
     return logits
 
 
-def scores(logits: torch.Tensor, labels: torch.Tensor, num_labels: int) -> dict[str, float]:
+#: A model that gives one class to at least this share of the test set has collapsed.
+COLLAPSE_SHARE = 0.95
+#: ... and so has one whose accuracy is within this much of always answering the majority class.
+COLLAPSE_MARGIN = 0.01
+
+
+def scores(logits: torch.Tensor, labels: torch.Tensor, num_labels: int) -> dict:
+    """Accuracy, macro-F1 (unweighted mean of per-class F1), balanced accuracy (mean per-class
+    recall), mean cross-entropy and the predicted-class histogram."""
     predictions = logits.argmax(dim=-1)
-    f1s = []
+    f1s, recalls = [], []
     for cls in range(num_labels):
         tp = int(((predictions == cls) & (labels == cls)).sum())
         fp = int(((predictions == cls) & (labels != cls)).sum())
         fn = int(((predictions != cls) & (labels == cls)).sum())
         f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+        if tp + fn:
+            recalls.append(tp / (tp + fn))
     return {
         "accuracy": float((predictions == labels).float().mean()),
         "macro_f1": sum(f1s) / num_labels,
+        "balanced_accuracy": sum(recalls) / len(recalls) if recalls else 0.0,
         "loss": float(F.cross_entropy(logits, labels)),
+        "predicted_counts": torch.bincount(predictions, minlength=num_labels).tolist(),
     }
+
+
+def majority_baseline(train_labels, test_labels, num_labels: int) -> dict:
+    """Always answering the training set's most frequent class: its test accuracy and macro-F1."""
+    majority = int(torch.bincount(torch.as_tensor(train_labels), minlength=num_labels).argmax())
+    share = float((torch.as_tensor(test_labels) == majority).float().mean())
+    # F1 of the majority class is 2·share/(1+share); every other class scores 0
+    return {"majority_class": majority, "majority_accuracy": share, "majority_macro_f1": 2 * share / (1 + share) / num_labels}
+
+
+def collapsed(result: dict, majority_accuracy: float) -> bool:
+    """True when the model answers one class for ≥95% of the test set, or its accuracy is within
+    a point of the majority baseline (it learned nothing a constant answer does not give)."""
+    counts = result["predicted_counts"]
+    return max(counts) >= COLLAPSE_SHARE * sum(counts) or result["accuracy"] <= majority_accuracy + COLLAPSE_MARGIN
 
 
 def evaluate(model: torch.nn.Module, data: TokenizedDataset, num_labels: int, batch_size: int = 64) -> dict[str, float]:

@@ -38,7 +38,7 @@ class Experiment:
 
 def build_model(recipe: Recipe, num_labels: int) -> tuple[torch.nn.Module, Method]:
     """Base model + LoRA adapter, trainable parameters set by the method (one model for all clients)."""
-    base = load_base_model(recipe.model.name, num_labels, recipe.federation.seed)
+    base = load_base_model(recipe.model.name, num_labels, recipe.federation.seed, recipe.model.pooling)
     model = add_lora(base, recipe.model, recipe.federation.seed)
     method = get_method_class(recipe.method.name)(recipe, lora_modules(model))
     method.setup()

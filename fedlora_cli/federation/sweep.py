@@ -103,6 +103,8 @@ def summarize(rows: list[dict]) -> list[dict]:
     table = []
     for cell, runs in by_cell.items():
         accuracy, half = mean_ci95([r["final_accuracy"] for r in runs])
+        f1s = [r["final_macro_f1"] for r in runs if r.get("final_macro_f1") is not None]
+        f1, f1_half = mean_ci95(f1s) if f1s else (None, None)
         epsilons = [r["epsilon"] for r in runs if r["epsilon"] is not None]
         table.append(
             {
@@ -111,6 +113,9 @@ def summarize(rows: list[dict]) -> list[dict]:
                 "accuracy_mean": accuracy,
                 "accuracy_ci95": half,
                 "accuracy_per_seed": [r["final_accuracy"] for r in sorted(runs, key=lambda r: r["seed"])],
+                "macro_f1_mean": f1,
+                "macro_f1_ci95": f1_half,
+                "collapsed": sum(bool(r.get("collapsed")) for r in runs),
                 "epsilon_max": max(epsilons) if epsilons else None,
                 "bytes_up_mean": statistics.fmean(r["bytes_up_total"] for r in runs),
                 "wall_seconds_mean": statistics.fmean(r["wall_seconds"] for r in runs),
@@ -120,21 +125,23 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def write_tables(sweep_dir: Path, table: list[dict]) -> None:
-    header = ["cell", "seeds", "accuracy_mean", "accuracy_ci95", "accuracy_per_seed", "epsilon_max", "bytes_up_mean",
-              "wall_seconds_mean"]
+    header = ["cell", "seeds", "accuracy_mean", "accuracy_ci95", "accuracy_per_seed", "macro_f1_mean", "macro_f1_ci95",
+              "collapsed", "epsilon_max", "bytes_up_mean", "wall_seconds_mean"]
     quoted = {"cell", "accuracy_per_seed"}
     csv_lines = [",".join(header)]
     md = [
-        "| cell | seeds | accuracy (mean ± 95% CI) | accuracy per seed | epsilon (max) | bytes up / run | seconds / run |",
-        "|---|---|---|---|---|---|---|",
+        "| cell | seeds | accuracy (mean ± 95% CI) | accuracy per seed | macro-F1 (mean ± 95% CI) | collapsed runs "
+        "| epsilon (max) | bytes up / run | seconds / run |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in table:
         row = {**row, "accuracy_per_seed": " ".join(f"{a:.4f}" for a in row["accuracy_per_seed"])}
         csv_lines.append(",".join(f'"{row[h]}"' if h in quoted else str(row[h]) for h in header))
         eps = "no DP" if row["epsilon_max"] is None else f"{row['epsilon_max']:.2f}"
+        f1 = "n/a" if row["macro_f1_mean"] is None else f"{row['macro_f1_mean']:.4f} ± {row['macro_f1_ci95']:.4f}"
         md.append(
             f"| {row['cell']} | {row['seeds']} | {row['accuracy_mean']:.4f} ± {row['accuracy_ci95']:.4f} "
-            f"| {row['accuracy_per_seed']} | {eps} | {row['bytes_up_mean'] / 1e6:.2f} MB | {row['wall_seconds_mean']:.0f} |"
+            f"| {row['accuracy_per_seed']} | {f1} | {row['collapsed']}/{row['seeds']} | {eps} | {row['bytes_up_mean'] / 1e6:.2f} MB | {row['wall_seconds_mean']:.0f} |"
         )
     atomic_write_text(sweep_dir / "results.csv", "\n".join(csv_lines) + "\n")
     atomic_write_text(sweep_dir / "results.md", "\n".join(md) + "\n")

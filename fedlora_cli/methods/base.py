@@ -4,7 +4,8 @@ A round: the server broadcasts the global adapter, each sampled client k trains 
 ``Method.is_trainable`` allows and uploads them, and the server computes the weighted mean
 ``Σ p_k x_k`` of every uploaded tensor (:func:`weighted_mean`) before the method's own
 ``server_update`` turns it into the next global adapter (and, for some methods, updates the
-frozen base weights).
+frozen base weights). An optional server optimizer
+(:mod:`~fedlora_cli.methods.server_optimizer`) replaces the mean by an optimizer step first.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import ClassVar
 
 import torch
 
+from fedlora_cli.methods.server_optimizer import ServerOptimizer
 from fedlora_cli.models import LoraModule, is_head_parameter
 from fedlora_cli.recipe import Recipe
 
@@ -56,6 +58,7 @@ class Method:
         self.train_head = recipe.model.train_head
         self.seed = recipe.federation.seed
         self.clients_per_round = recipe.federation.clients_per_round
+        self.server_optimizer = ServerOptimizer.from_config(recipe.federation)
 
     def setup(self) -> None:
         """Change the adapter's structure or initial values before trainable flags are set (default: nothing)."""
@@ -80,8 +83,20 @@ class Method:
         """The next global adapter from the weighted mean of the uploads (default: take the mean)."""
         return {**global_state, **mean}
 
+    def server_step(self, global_state: State, mean: State, uploads: list[State], weights: torch.Tensor, round_index: int) -> State:
+        """The server optimizer (if any) on the mean, then the method's own ``server_update``."""
+        if self.server_optimizer is not None:
+            mean = self.server_optimizer.step(global_state, mean)
+        new_state = self.server_update(global_state, mean, uploads, weights, round_index)
+        if self.server_optimizer is not None:
+            self.carry_optimizer_state(global_state, new_state, round_index)
+        return new_state
+
+    def carry_optimizer_state(self, old_state: State, new_state: State, round_index: int) -> None:
+        """Keep the server optimizer's state valid after ``server_update`` (default: nothing changes basis)."""
+
     def aggregate(self, global_state: State, uploads: list[State], weights: torch.Tensor, round_index: int) -> State:
-        return self.server_update(global_state, weighted_mean(uploads, weights), uploads, weights, round_index)
+        return self.server_step(global_state, weighted_mean(uploads, weights), uploads, weights, round_index)
 
     @contextlib.contextmanager
     def exported(self) -> Iterator[None]:

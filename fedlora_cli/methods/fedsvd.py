@@ -49,6 +49,15 @@ class FedSVD(Method):
             keys += [module.a_key for module in self.modules]
         return keys
 
+    def carry_optimizer_state(self, old_state, new_state, round_index) -> None:
+        """After a re-factorization B's coordinates are A_new's rows: server momentum ``m`` (a
+        direction ``m·A_old`` in weight space) becomes ``m·A_old·A_newᵀ``, exact whenever B' has
+        rank r (then A_old and A_new span the same rows)."""
+        if self.refactorizes_in(round_index):
+            for module in self.modules:
+                old_a, new_a = old_state[module.a_key].double(), new_state[module.a_key].double()
+                self.server_optimizer.change_basis(module.b_key, old_a @ new_a.T)
+
     def server_update(self, global_state, mean, uploads, weights, round_index) -> State:
         state = {**global_state, **mean}
         if self.refactorizes_in(round_index):

@@ -240,10 +240,10 @@ class ClientLevelDP:
     def aggregate(self, method, global_state: State, uploads: list[State], round_index: int, generator: torch.Generator) -> State:
         """Noise the mean first, then run the method's server step on it (post-processing).
 
-        ``server_update`` sees only the privatized state, as one upload of weight 1.
+        The server optimizer and ``server_update`` see only the privatized state, as one upload of weight 1.
         """
         noised = self.privatize(global_state, uploads, generator)
-        return method.server_update(global_state, noised, [noised], torch.ones(1, dtype=torch.float64), round_index)
+        return method.server_step(global_state, noised, [noised], torch.ones(1, dtype=torch.float64), round_index)
 
     def info(self) -> dict:
         """What the run reports about its client-level DP (for the live table and summary)."""

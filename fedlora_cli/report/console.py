@@ -37,7 +37,7 @@ def privacy_line(info: dict) -> str:
     return ""
 
 
-COLUMNS = ("round", "clients", "train loss", "accuracy", "epsilon", "up", "down", "agg s", "seconds")
+COLUMNS = ("round", "clients", "train loss", "accuracy", "macro-F1", "epsilon", "up", "down", "agg s", "seconds")
 
 
 def human_bytes(count: int | None) -> str:
@@ -90,6 +90,7 @@ class LiveTableReporter:
                 ",".join(str(c) for c in m["clients"]),
                 _fmt(m["train_loss"]),
                 _fmt(m["eval_accuracy"]),
+                _fmt(m.get("eval_macro_f1")),
                 _fmt(m["epsilon"], 3),
                 human_bytes(m["bytes_up"]),
                 human_bytes(m["bytes_down"]),
@@ -143,7 +144,8 @@ class LiveTableReporter:
         scope = "per client participation" if summary["privacy_level"] == "client" else "worst client"
         privacy = f"epsilon {eps:.3f} ({scope}), delta {summary['delta']}" if eps is not None else "no DP"
         self.console.print(
-            f"final accuracy {summary['final_accuracy']:.4f}, {privacy}, "
+            f"final accuracy {summary['final_accuracy']:.4f} (macro-F1 {summary['final_macro_f1']:.4f}; "
+            f"majority class {summary['majority_accuracy']:.4f}), {privacy}, "
             f"{human_bytes(summary['bytes_up_total'])} up / {human_bytes(summary['bytes_down_total'])} down, "
             f"{summary['wall_seconds']:.0f} s",
             markup=False,

@@ -1,0 +1,84 @@
+"""Saying when a run did not learn: macro-F1, balanced accuracy, majority baseline, predicted
+histogram, and the collapse warning (one class for ≥95% of the test set, or within a point of
+always answering the majority class)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fedlora_cli.cli import app
+from fedlora_cli.federation import engine
+from fedlora_cli.federation.evaluate import collapsed, majority_baseline, scores
+
+
+def one_hot_logits(predictions: list[int], num_labels: int) -> torch.Tensor:
+    return torch.nn.functional.one_hot(torch.tensor(predictions), num_labels).float()
+
+
+def test_scores_by_hand():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    result = scores(one_hot_logits([0, 0, 1, 1, 1, 1], 3), labels, 3)
+    assert result["accuracy"] == pytest.approx(4 / 6)
+    # F1: class 0 = 2·2/(2·2+0+1) = 0.8; class 1 = 2·2/(2·2+2+0) = 2/3; class 2 = 0
+    assert result["macro_f1"] == pytest.approx((0.8 + 2 / 3 + 0) / 3)
+    # recalls 2/3, 1, 0
+    assert result["balanced_accuracy"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert result["predicted_counts"] == [2, 4, 0]
+
+
+def test_majority_baseline_uses_the_training_majority():
+    baseline = majority_baseline([1, 1, 1, 0], torch.tensor([0, 0, 1, 1, 1]), 2)
+    assert baseline["majority_class"] == 1
+    assert baseline["majority_accuracy"] == pytest.approx(0.6)
+    # always answering 1: F1(1) = 2·3/(2·3+2) = 0.75, F1(0) = 0
+    assert baseline["majority_macro_f1"] == pytest.approx(0.75 / 2)
+
+
+@pytest.mark.parametrize(
+    "predictions, expected",
+    [
+        ([0] * 19 + [1], True),  # 95% one class
+        ([0] * 10 + [1] * 10, False),
+    ],
+)
+def test_collapse_by_share_of_one_class(predictions, expected):
+    labels = torch.tensor([0] * 10 + [1] * 10)
+    assert collapsed(scores(one_hot_logits(predictions, 2), labels, 2), majority_accuracy=0.5) is expected
+
+
+def test_collapse_when_no_better_than_the_majority_class():
+    labels = torch.tensor([0] * 17 + [1] * 3)  # majority 0.85
+    predictions = [0] * 15 + [1] * 2 + [0] * 3  # 0.85 accuracy, 90% one class: below the share rule
+    assert collapsed(scores(one_hot_logits(predictions, 2), labels, 2), majority_accuracy=0.85)
+
+
+def test_a_collapsed_run_warns_and_says_so_in_its_summary(tiny_recipe, tmp_path, monkeypatch):
+    def always_first_class(model, data, num_labels, batch_size=64):
+        return scores(one_hot_logits([0] * len(data), num_labels), data.labels, num_labels)
+
+    monkeypatch.setattr(engine, "evaluate", always_first_class)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", str(tiny_recipe), "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["collapsed"] is True
+    assert summary["predicted_counts"][0] == sum(summary["predicted_counts"])
+    assert "did not learn" in result.stderr
+    rounds = [json.loads(line) for line in result.stdout.splitlines() if '"round"' in line]
+    assert all("eval_macro_f1" in row for row in rounds)
+
+
+def test_a_run_that_learned_is_not_flagged(tiny_recipe, tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app, ["train", str(tiny_recipe), "privacy.level=none", "federation.rounds=6", "federation.local_steps=10", "federation.lr=1.0", "model.pooling=mean", "--out", str(out), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final_accuracy"] > summary["majority_accuracy"] + 0.2, summary
+    assert summary["collapsed"] is False
+    assert "did not learn" not in result.stderr

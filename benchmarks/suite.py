@@ -4,7 +4,7 @@ Every run is the built-in default recipe with only the data (and, for a derived 
 partition) swapped, plus the grid's method and privacy setting: no per-task tuning. Tasks:
 
   bbc        BBC News, 5 topics (the default's own data)                          [tuning]
-  sst2       SST-2 polarity, all 60,614 training sentences, GLUE validation as test [tuning]
+  sst2       SST-2 polarity, 20,000 of the training sentences, GLUE validation as test [tuning]
   agnews     AG News, 4 topics (10,001 train / 2,000 of the 7,600 test rows)       [held out]
   agnews_imb AG News World vs Sci/Tech, 85% / 15% in train and test (derived)      [held out]
   sst2_skew  SST-2 with Dirichlet(0.1) over labels: near-one-label clients         [held out]
@@ -61,7 +61,7 @@ def derive_agnews_imbalanced(out: Path) -> tuple[Path, Path]:
 
 def task_overrides(task: str, out: Path) -> list[str]:
     sst2 = [f"data.source={SHARED / 'sst2' / 'train.tsv'}", f"data.test_path={SHARED / 'sst2' / 'test.tsv'}",
-            "data.text_column=sentence", "data.label_column=label"]
+            "data.text_column=sentence", "data.label_column=label", "data.max_train_samples=20000"]
     agnews = [f"data.source={SHARED / 'agnews' / 'dev.tsv'}", f"data.test_path={SHARED / 'agnews' / 'test.tsv'}",
               "data.column_names=[text,label]", "data.max_test_samples=2000"]
     if task == "bbc":
@@ -99,7 +99,7 @@ def run_one(run_dir: Path, overrides: list[str], threads: int) -> dict | None:
 
 
 def probe_row(task: str, overrides: list[str], out: Path) -> dict:
-    path = out / "probes" / f"{task}.json"
+    path = out / "probes" / f"{task}.json"  # the probe depends on the task only: copy it into another --out to reuse it
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, str(REPO / "benchmarks" / "linear_probe.py"), "default", *overrides, "--json"]

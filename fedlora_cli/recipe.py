@@ -95,6 +95,12 @@ class FederationConfig(Section):
     lr: float = Field(0.5, gt=0, description="client learning rate of the LoRA factors")
     head_lr: float | None = Field(None, gt=0, description="client learning rate of the classifier head (default: lr)")
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    clip_grad_norm: float | None = Field(
+        1.0,
+        gt=0,
+        description="without sample-level DP, clip each step's batch gradient to this norm (as HF Trainer's "
+        "max_grad_norm), so one learning rate suits DP and non-DP runs; null: no clipping",
+    )
     momentum: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     seed: int = 0

@@ -122,6 +122,8 @@ class LocalTrainer:
                 else:
                     losses.append(self._batch_gradient(data, indices, optimizer if noise is not None else None))
                     examples += len(indices)
+                    if noise is None and self.cfg.clip_grad_norm is not None:
+                        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip_grad_norm)
                 optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         upload = {name: p.detach().clone() for name, p in zip(self.names, self.params)}

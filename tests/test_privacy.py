@@ -485,6 +485,20 @@ def test_an_empty_client_level_round_releases_noise_and_counts():
     assert adaptive.clip != 0.7 and adaptive.rounds_done == 1
 
 
+def test_adaptive_clipping_without_noise_counts_exactly():
+    """Noise multiplier 0: σ_b = 0 (as TensorFlow Federated), so the clip moves by the exact
+    fraction b of unclipped updates, C ← C·exp(−η(b − γ))."""
+    dp = make_client_dp(noise=0.0, clip=2.0, m=4, k=8, adaptive=True, target_quantile=0.5, clip_lr=0.2)
+    assert dp.count_stddev == 0 and dp.update_noise_multiplier == 0
+    glob = {"w": torch.zeros(2)}
+    uploads = [{"w": torch.tensor([n, 0.0])} for n in (1.0, 3.0, 5.0, 7.0)]  # one of four below C = 2
+    for seed in range(3):
+        dp.clip = 2.0
+        dp.privatize(glob, uploads, torch.Generator().manual_seed(seed))
+        assert dp.clip == pytest.approx(2.0 * math.exp(-0.2 * (0.25 - 0.5)), rel=1e-12)
+    assert make_client_dp(noise=0.0, adaptive=True, count_stddev=0.3).count_stddev == 0.3  # an explicit σ_b is kept
+
+
 def test_methods_with_raw_uploads_are_refused_under_client_level(monkeypatch, tiny_model_dir):
     from fedlora_cli.methods import METHODS
     from fedlora_cli.methods.base import Method

@@ -67,7 +67,11 @@ DEFAULT_COUNT_STDDEV_FRACTION = 1 / 20  # σ_b = m/20, Andrew et al. 2021, Sec. 
 def default_count_stddev(noise_multiplier: float, clients_per_round: int) -> float:
     """``σ_b = max(m/20, z)``: the paper's m/20 when m is large (hundreds of clients per round);
     never below z, so the count costs at most ``σ_Δ ≤ z/√(3/4) ≈ 1.155·z`` of update noise
-    (with few clients per round m/20 would be below z/2, which no budget allows)."""
+    (with few clients per round m/20 would be below z/2, which no budget allows).
+    ``σ_b = 0`` when ``z = 0`` (no noise anywhere: the count is exact, as in TensorFlow
+    Federated's ``adaptive_clip_noise_params``)."""
+    if noise_multiplier == 0:
+        return 0.0
     return max(clients_per_round * DEFAULT_COUNT_STDDEV_FRACTION, noise_multiplier)
 
 
@@ -176,7 +180,9 @@ class ClientLevelDP:
             z = calibrate_noise(cfg.target_epsilon, cfg.delta, rate, fed.rounds, cfg.accountant)
         count_stddev = None
         if cfg.adaptive_clipping:
-            count_stddev = cfg.clipped_count_stddev or default_count_stddev(z, fed.clients_per_round)
+            count_stddev = cfg.clipped_count_stddev
+            if count_stddev is None:
+                count_stddev = default_count_stddev(z, fed.clients_per_round)
             update_noise_multiplier(z, count_stddev)  # raises InputError when 2σ_b ≤ z
         return cls(
             noise_multiplier=z,

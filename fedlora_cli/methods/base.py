@@ -30,6 +30,17 @@ def weighted_mean(uploads: list[State], weights: torch.Tensor) -> State:
     }
 
 
+def add_to_base_weight(module: LoraModule, update: torch.Tensor) -> None:
+    """``W0 ← W0 + s·update`` for an out×in ``update``, in float64, written in the layer's own
+    layout: transposed where peft's ``fan_in_fan_out`` is set (GPT-2's ``Conv1D`` stores W0
+    in×out), as peft's own merge does."""
+    if module.layer.fan_in_fan_out:
+        update = update.T
+    weight = module.base_weight
+    with torch.no_grad():
+        weight.copy_((weight.double() + module.scaling * update).to(weight.dtype))
+
+
 def tensor_bytes(tensors) -> int:
     """Bytes of the tensors as sent over the wire (raw element storage)."""
     return sum(t.numel() * t.element_size() for t in tensors)

@@ -376,7 +376,8 @@ def merged_reference_logits(model, method, merged: dict[str, torch.Tensor], inpu
 def test_every_method_on_decoders_including_transposed_conv1d_weights(kind, name):
     """Effective weights after aggregation follow DESIGN.md section 2 on real peft decoder layers;
     on GPT-2 fedex and flora must write their out×in update transposed into the in×out weight.
-    The whole model's forward equals the base model carrying those merged weights."""
+    The whole model's forward equals the base model carrying those merged weights, also in the
+    exported (saved) form."""
     model, method = make_decoder(kind, name)
     assert {m.layer.fan_in_fan_out for m in method.modules} == {kind.startswith("gpt2")}
     shapes = [tuple(out_by_in(m, m.base_weight).shape) for m in method.modules]
@@ -401,3 +402,5 @@ def test_every_method_on_decoders_including_transposed_conv1d_weights(kind, name
         with torch.no_grad():
             logits = model(input_ids=input_ids).logits
         torch.testing.assert_close(logits, merged_reference_logits(model, method, expected, input_ids), atol=1e-5, rtol=1e-5)
+    with method.exported(), torch.no_grad():  # the standard-LoRA form that is saved (fedsb: B ← B·R)
+        torch.testing.assert_close(model(input_ids=input_ids).logits, logits, atol=1e-5, rtol=1e-5)

@@ -308,6 +308,23 @@ def test_methods_that_need_each_clients_factors_declare_it():
     assert {name for name, cls in METHODS.items() if cls.uses_raw_uploads} == {"fedex", "flora"}
 
 
+def test_restore_base_weights_checks_everything_before_copying(tiny_model_dir):
+    from fedlora_cli.methods.base import restore_base_weights
+
+    _, method = make(tiny_model_dir, "fedex")
+    first, second = method.modules[0], method.modules[-1]
+    before = {m.name: m.base_weight.detach().clone() for m in method.modules}
+    good = torch.randn(first.base_weight.shape)
+    wrong = torch.zeros(3, 3)
+    for bad in ({first.name: good, second.name: wrong}, {first.name: good, "nowhere.dense": wrong}):
+        with pytest.raises(InputError) as info:
+            restore_base_weights(method.modules, bad, "saved.safetensors")
+        assert str(info.value).startswith("saved.safetensors: ") and "different runs" in str(info.value)
+        assert all(torch.equal(m.base_weight, before[m.name]) for m in method.modules)  # nothing half-written
+    restore_base_weights(method.modules, {first.name: good}, "saved.safetensors")
+    assert torch.equal(first.base_weight, good) and torch.equal(second.base_weight, before[second.name])
+
+
 # ------------------------------------------------------------------------------ decoders
 DECODER_TARGETS = {"gpt2": ["c_attn", "c_proj"], "gpt2-square": ["attn.c_proj"], "llama": ["q_proj", "v_proj"]}
 

@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import torch
 
+from fedlora_cli.errors import InputError
 from fedlora_cli.models import LoraModule, is_head_parameter
 from fedlora_cli.recipe import Recipe
 
@@ -39,6 +40,24 @@ def add_to_base_weight(module: LoraModule, update: torch.Tensor) -> None:
     weight = module.base_weight
     with torch.no_grad():
         weight.copy_((weight.double() + module.scaling * update).to(weight.dtype))
+
+
+def restore_base_weights(modules: list[LoraModule], weights: State, source: str) -> None:
+    """Copy saved base weights, keyed by LoRA module name and in each layer's own layout, into
+    those modules' frozen base layers (what fedex/flora changed). Checks every name and shape
+    before copying anything; raises InputError naming ``source`` otherwise."""
+    by_name = {module.name: module for module in modules}
+    problems = [f"{name} is not a LoRA module of the model" for name in sorted(set(weights) - set(by_name))]
+    problems += [
+        f"{name} has shape {tuple(tensor.shape)}, the model {tuple(by_name[name].base_weight.shape)}"
+        for name, tensor in weights.items()
+        if name in by_name and tensor.shape != by_name[name].base_weight.shape
+    ]
+    if problems:
+        raise InputError([*problems[:3], "the base weights and the model come from different runs or recipes"], source=source)
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            by_name[name].base_weight.copy_(tensor)
 
 
 def tensor_bytes(tensors) -> int:

@@ -24,3 +24,10 @@ class InputError(FedloraError):
 
 class RunError(FedloraError):
     """A run failed for a reason that is not the user's input."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty), to quote
+    a library's error inside fedlora's own one-line message."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

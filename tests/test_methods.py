@@ -46,11 +46,12 @@ def make(tiny_model_dir: str, method: str, train_head: bool = True, **options):
 
 
 def effective_weight(module) -> torch.Tensor:
-    """The layer's effective out×in weight, read off the real peft forward pass on the identity."""
-    base = module.layer.get_base_layer()
+    """The layer's effective out×in weight, read off the real peft forward pass on the identity
+    (``x·W_effᵀ + b``, whatever layout the base layer stores: GPT-2's ``Conv1D`` holds in×out)."""
+    bias = module.layer.get_base_layer().bias
     with torch.no_grad():
-        out = module.layer(torch.eye(base.in_features))
-    return (out - base.bias).T.double()
+        out = module.layer(torch.eye(module.layer.in_features))
+    return (out - (0 if bias is None else bias)).T.double()
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -305,3 +306,118 @@ def test_train_head_flag_controls_the_head_for_every_method(tiny_model_dir, name
 def test_methods_that_need_each_clients_factors_declare_it():
     """fedex's residual and flora's stack read every client's upload: client-level DP must refuse them."""
     assert {name for name, cls in METHODS.items() if cls.uses_raw_uploads} == {"fedex", "flora"}
+
+
+def test_restore_base_weights_checks_everything_before_copying(tiny_model_dir):
+    from fedlora_cli.methods.base import restore_base_weights
+
+    _, method = make(tiny_model_dir, "fedex")
+    first, second = method.modules[0], method.modules[-1]
+    before = {m.name: m.base_weight.detach().clone() for m in method.modules}
+    good = torch.randn(first.base_weight.shape)
+    wrong = torch.zeros(3, 3)
+    for bad in ({first.name: good, second.name: wrong}, {first.name: good, "nowhere.dense": wrong}):
+        with pytest.raises(InputError) as info:
+            restore_base_weights(method.modules, bad, "saved.safetensors")
+        assert str(info.value).startswith("saved.safetensors: ") and "different runs" in str(info.value)
+        assert all(torch.equal(m.base_weight, before[m.name]) for m in method.modules)  # nothing half-written
+    restore_base_weights(method.modules, {first.name: good}, "saved.safetensors")
+    assert torch.equal(first.base_weight, good) and torch.equal(second.base_weight, before[second.name])
+
+
+# ------------------------------------------------------------------------------ decoders
+DECODER_TARGETS = {"gpt2": ["c_attn", "c_proj"], "gpt2-square": ["attn.c_proj"], "llama": ["q_proj", "v_proj"]}
+
+
+def make_decoder(kind: str, method_name: str):
+    """A tiny causal LM built from a config with a peft LoRA adapter, and the method on its modules.
+
+    GPT-2's ``c_attn`` (32→96) and ``c_proj`` (32→32, 128→32) are ``Conv1D`` layers storing their
+    weight in×out (peft ``fan_in_fan_out=True``); Llama's ``q_proj`` (32→32) and ``v_proj``
+    (32→16) are plain ``nn.Linear`` (out×in). ``gpt2-square`` adapts only the square
+    ``attn.c_proj``, where a missing transpose is silent rather than a shape error.
+    """
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from fedlora_cli.models import lora_modules
+
+    torch.manual_seed(0)
+    if kind.startswith("gpt2"):
+        base = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=1, n_head=2))
+    else:
+        config = LlamaConfig(
+            vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16,
+        )
+        base = LlamaForCausalLM(config)
+    lora = LoraConfig(
+        task_type="CAUSAL_LM", r=RANK, lora_alpha=8, target_modules=DECODER_TARGETS[kind], fan_in_fan_out=kind.startswith("gpt2")
+    )
+    model = get_peft_model(base, lora)
+    recipe = Recipe.model_validate(
+        {
+            "model": {"name": kind, "rank": RANK, "alpha": 8, "target_modules": DECODER_TARGETS[kind], "train_head": False},
+            "method": {"name": method_name},
+            "privacy": {"level": "none"},
+        }
+    )
+    method = METHODS[method_name](recipe, lora_modules(model))
+    method.setup()
+    for name, param in model.named_parameters():
+        param.requires_grad_(method.is_trainable(name))
+    model.eval()
+    return model, method
+
+
+def out_by_in(module, weight: torch.Tensor) -> torch.Tensor:
+    """A base weight as out×in (``Conv1D`` computes ``x·W + b`` with W in×out)."""
+    return weight.T if module.layer.fan_in_fan_out else weight
+
+
+def merged_reference_logits(model, method, merged: dict[str, torch.Tensor], input_ids: torch.Tensor) -> torch.Tensor:
+    """Logits of the base model whose adapted weights are replaced by ``merged`` (out×in), adapter off."""
+    saved = {m.name: m.base_weight.detach().clone() for m in method.modules}
+    with torch.no_grad():
+        for module in method.modules:
+            module.base_weight.copy_(out_by_in(module, merged[module.name]).to(module.base_weight.dtype))
+        with model.disable_adapter():
+            logits = model(input_ids=input_ids).logits
+        for module in method.modules:
+            module.base_weight.copy_(saved[module.name])
+    return logits
+
+
+@pytest.mark.parametrize("kind", sorted(DECODER_TARGETS))
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_on_decoders_including_transposed_conv1d_weights(kind, name):
+    """Effective weights after aggregation follow DESIGN.md section 2 on real peft decoder layers;
+    on GPT-2 fedex and flora must write their out×in update transposed into the in×out weight.
+    The whole model's forward equals the base model carrying those merged weights, also in the
+    exported (saved) form."""
+    model, method = make_decoder(kind, name)
+    assert {m.layer.fan_in_fan_out for m in method.modules} == {kind.startswith("gpt2")}
+    shapes = [tuple(out_by_in(m, m.base_weight).shape) for m in method.modules]
+    assert any(o == i for o, i in shapes) and any(o != i for o, i in shapes) == (kind != "gpt2-square")
+    generator = torch.Generator().manual_seed(11)
+    input_ids = torch.randint(0, 64, (2, 8), generator=generator)
+    state = adapter_state(model)
+    for round_index in range(2):  # the second round starts from changed base weights (fedex, flora)
+        uploads, effective = client_round(model, method, state, generator)
+        base = {m.name: out_by_in(m, m.base_weight.detach().double()) for m in method.modules}
+        state = method.aggregate(state, uploads, WEIGHTS, round_index)
+        load_adapter_state(model, state)
+        expected = {}
+        for module in method.modules:
+            if name == "fedavg":  # inexact: the product of the means
+                b_mean = weighted([u[module.b_key].double() for u in uploads])
+                a_mean = weighted([u[module.a_key].double() for u in uploads])
+                expected[module.name] = base[module.name] + module.scaling * b_mean @ a_mean
+            else:
+                expected[module.name] = weighted([e[module.name] for e in effective])
+            assert rel_err(effective_weight(module), expected[module.name]) < 1e-5, (round_index, module.name)
+        with torch.no_grad():
+            logits = model(input_ids=input_ids).logits
+        torch.testing.assert_close(logits, merged_reference_logits(model, method, expected, input_ids), atol=1e-5, rtol=1e-5)
+    with method.exported(), torch.no_grad():  # the standard-LoRA form that is saved (fedsb: B ← B·R)
+        torch.testing.assert_close(model(input_ids=input_ids).logits, logits, atol=1e-5, rtol=1e-5)

@@ -427,6 +427,79 @@ def test_client_level_accounting_uses_rounds_and_client_rate():
     assert calibrated.update_noise_multiplier <= calibrated.noise_multiplier / math.sqrt(0.75) + 1e-12
 
 
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_client_level_epsilon_is_that_of_a_poisson_sampled_gaussian_in_dp_accounting(accountant):
+    """T rounds of DP-FedAvg = T-fold PoissonSampledDpEvent(q, GaussianDpEvent(z)), q = m/K,
+    checked against Google's dp-accounting (RDP for rdp, PLD for the tight prv estimate)."""
+    dp_accounting = pytest.importorskip("dp_accounting")
+    from dp_accounting import pld, rdp
+
+    rounds = 200
+    cfg = PrivacyConfig(level="client", target_epsilon=None, noise_multiplier=1.2, accountant=accountant)
+    dp = ClientLevelDP.build(cfg, FederationConfig(clients=100, clients_per_round=5, rounds=rounds), "fedavg")
+    event = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(0.05, dp_accounting.GaussianDpEvent(1.2)), rounds
+    )
+    google = rdp.RdpAccountant(orders=OPACUS_RDP_ORDERS) if accountant == "rdp" else pld.PLDAccountant()
+    expected = google.compose(event).get_epsilon(DELTA)
+    assert dp.epsilon(rounds) == pytest.approx(expected, rel=0.02)
+
+
+def test_client_level_sampling_is_poisson_at_rate_q():
+    """Each client independently with probability q: the count is Binomial(K, q) (variance
+    Kq(1−q), not 0 as for exactly m), empty rounds happen at rate (1−q)^K, reproducible from
+    the seed, secret in secure_mode."""
+    from fedlora_cli.seeding import derive_seed
+
+    k, m, rounds = 10, 2, 3000
+    q = m / k
+    dp = make_client_dp(noise=1.0, m=m, k=k)
+    samples = [dp.sample_clients(k, derive_seed(0, r, "sample")) for r in range(rounds)]
+    counts = torch.tensor([len(s) for s in samples], dtype=torch.float64)
+    assert float(counts.mean()) == pytest.approx(k * q, abs=0.1)  # standard error 0.023
+    assert float(counts.var()) == pytest.approx(k * q * (1 - q), rel=0.1)  # ~3 standard errors
+    empty = float((counts == 0).double().mean())
+    assert empty == pytest.approx((1 - q) ** k, abs=0.02)  # 0.107, standard error 0.006
+    rates = torch.zeros(k, dtype=torch.float64)
+    for sample in samples:
+        assert sample == sorted(set(sample)) and all(0 <= c < k for c in sample)
+        rates[sample] += 1 / rounds
+    assert float((rates - q).abs().max()) < 0.03  # each client at q, standard error 0.007
+    assert dp.sample_clients(k, 123) == dp.sample_clients(k, 123)
+    secure = make_client_dp(noise=1.0, m=500, k=1000, secure_mode=True)  # equal draws: probability 2^-1000
+    assert secure.sample_clients(1000, 123) != secure.sample_clients(1000, 123)
+
+
+def test_an_empty_client_level_round_releases_noise_and_counts():
+    """No client sampled: x' = x + N(0, σ_Δ²C²)/m on the exchanged tensors, the clipped count is
+    noised too, and the round is charged (skipping it would reveal the empty round)."""
+    sigma, clip, m = 1.3, 0.7, 5
+    dp = make_client_dp(noise=sigma, clip=clip, m=m, k=10)
+    glob = {"w": torch.zeros(200_000), "frozen": torch.ones(3)}
+    new = dp.privatize(glob, [], torch.Generator().manual_seed(0), keys=["w"])
+    assert set(new) == {"w"} and dp.rounds_done == 1
+    assert float(new["w"].double().std()) == pytest.approx(sigma * clip / m, rel=0.01)
+    with pytest.raises(ValueError, match="keys"):
+        dp.privatize(glob, [], torch.Generator().manual_seed(0))
+    adaptive = make_client_dp(noise=1.0, clip=0.7, m=m, k=10, adaptive=True, count_stddev=1.0)
+    adaptive.privatize(glob, [], torch.Generator().manual_seed(0), keys=["w"])
+    assert adaptive.clip != 0.7 and adaptive.rounds_done == 1
+
+
+def test_adaptive_clipping_without_noise_counts_exactly():
+    """Noise multiplier 0: σ_b = 0 (as TensorFlow Federated), so the clip moves by the exact
+    fraction b of unclipped updates, C ← C·exp(−η(b − γ))."""
+    dp = make_client_dp(noise=0.0, clip=2.0, m=4, k=8, adaptive=True, target_quantile=0.5, clip_lr=0.2)
+    assert dp.count_stddev == 0 and dp.update_noise_multiplier == 0
+    glob = {"w": torch.zeros(2)}
+    uploads = [{"w": torch.tensor([n, 0.0])} for n in (1.0, 3.0, 5.0, 7.0)]  # one of four below C = 2
+    for seed in range(3):
+        dp.clip = 2.0
+        dp.privatize(glob, uploads, torch.Generator().manual_seed(seed))
+        assert dp.clip == pytest.approx(2.0 * math.exp(-0.2 * (0.25 - 0.5)), rel=1e-12)
+    assert make_client_dp(noise=0.0, adaptive=True, count_stddev=0.3).count_stddev == 0.3  # an explicit σ_b is kept
+
+
 def test_methods_with_raw_uploads_are_refused_under_client_level(monkeypatch, tiny_model_dir):
     from fedlora_cli.methods import METHODS
     from fedlora_cli.methods.base import Method
@@ -451,6 +524,9 @@ def test_server_update_only_sees_the_noised_mean():
     seen = {}
 
     class Spy:
+        def is_trainable(self, key):
+            return True
+
         def server_update(self, global_state, mean, uploads, weights, round_index):
             seen["mean"], seen["uploads"], seen["weights"] = mean, uploads, weights
             return {**global_state, **mean}
@@ -507,6 +583,37 @@ def test_client_level_run_reports_per_participation_epsilon_within_target(tiny_r
     meta = json.loads((out / "checkpoint" / "meta.json").read_text())
     assert meta["client_clip"] == summary["client_dp"]["client_clip"]  # resume continues the adapted C
     assert result.stderr.count("secure_mode is off") == 1
+
+
+def test_a_client_level_run_reports_and_charges_an_empty_round(tiny_recipe, tmp_path):
+    """Poisson sampling at q = 1/4 of 4 clients: a seed whose round 1 samples nobody. The run
+    goes on, reports round 1 with no clients, and its epsilon counts that round."""
+    from fedlora_cli.seeding import derive_seed
+
+    dp = make_client_dp(noise=1.0, m=1, k=4)
+    seed = next(
+        s for s in range(1000)
+        if not dp.sample_clients(4, derive_seed(s, 0, "sample")) and dp.sample_clients(4, derive_seed(s, 1, "sample"))
+    )
+    result = run_train(
+        tiny_recipe,
+        "privacy.level=client",
+        "privacy.target_epsilon=null",
+        "privacy.noise_multiplier=1.0",
+        "federation.clients_per_round=1",
+        f"federation.seed={seed}",
+        "--out",
+        str(tmp_path / "run"),
+    )
+    assert result.exit_code == 0, result.output
+    rounds = [json.loads(line) for line in result.stdout.splitlines() if '"type": "round"' in line]
+    empty, second = rounds
+    assert empty["clients"] == [] and empty["train_loss"] is None and empty["bytes_up"] == empty["bytes_down"] == 0
+    assert second["clients"] == dp.sample_clients(4, derive_seed(seed, 1, "sample"))
+    assert empty["epsilon"] == pytest.approx(opacus_epsilon(1.0, 0.25, 1, DELTA, "rdp"), rel=1e-9)
+    assert second["epsilon"] == pytest.approx(opacus_epsilon(1.0, 0.25, 2, DELTA, "rdp"), rel=1e-9)
+    summary = summary_of(result)
+    assert summary["rounds_completed"] == 2 and sum(summary["client_steps"]) == 3 * len(second["clients"])
 
 
 def test_max_epsilon_stops_cleanly_before_the_round(tiny_recipe, tmp_path):

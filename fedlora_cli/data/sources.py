@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedlora_cli.errors import InputError
+from fedlora_cli.errors import InputError, first_line
 from fedlora_cli.recipe import DataConfig
 
 BUILTIN_SOURCES = ("bbc_news",)
@@ -68,7 +68,7 @@ def _load_from_disk(path: Path):
     except (FileNotFoundError, ValueError, OSError) as exc:
         raise InputError(
             f"{path}: not a Hugging Face dataset saved with Dataset.save_to_disk or DatasetDict.save_to_disk "
-            f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
+            f"({first_line(exc)}); "
             "point data.source at such a directory or at a .csv/.tsv/.jsonl file"
         ) from None
 

@@ -17,9 +17,10 @@ import torch
 from fedlora_cli.data.batching import tokenize
 from fedlora_cli.data.partition import partition
 from fedlora_cli.data.sources import TextDataset, load_datasets, load_labeled_file
-from fedlora_cli.errors import InputError
+from fedlora_cli.errors import InputError, first_line
 from fedlora_cli.federation.evaluate import evaluate
 from fedlora_cli.federation.run_dir import ADAPTER_DIR, RunDir
+from fedlora_cli.methods.base import restore_base_weights
 from fedlora_cli.models import load_base_model, load_tokenizer, lora_modules
 from fedlora_cli.recipe import Recipe, load_recipe, resolve_recipe_path
 
@@ -74,27 +75,13 @@ def load_adapter_model(recipe: Recipe, adapter_dir: str | Path, num_labels: int)
     try:
         model = PeftModel.from_pretrained(base, str(adapter_dir))
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(
             f"{adapter_dir}: cannot load the adapter onto model '{recipe.model.name}' with {num_labels} labels "
-            f"({first}); use the recipe the adapter was trained with"
+            f"({first_line(exc)}); use the recipe the adapter was trained with"
         ) from None
     base_file = adapter_dir / BASE_WEIGHTS_FILE
     if base_file.is_file():
-        weights = load_file(str(base_file))
-        modules = {m.name: m for m in lora_modules(model)}
-        missing = sorted(set(weights) - set(modules))
-        if missing:
-            raise InputError(
-                f"{base_file}: weights for modules {missing[:3]} that the adapter does not have; "
-                "the adapter and base weights come from different runs"
-            )
-        with torch.no_grad():
-            for name, tensor in weights.items():
-                target = modules[name].base_weight
-                if target.shape != tensor.shape:
-                    raise InputError(f"{base_file}: {name} has shape {tuple(tensor.shape)}, the model {tuple(target.shape)}")
-                target.copy_(tensor)
+        restore_base_weights(lora_modules(model), load_file(str(base_file)), str(base_file))
     model.eval()
     return model
 

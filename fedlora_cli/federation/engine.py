@@ -157,8 +157,13 @@ class FederatedRun:
 
     # ------------------------------------------------------------------------------- rounds
     def sample_clients(self, round_index: int) -> list[int]:
-        secret = self.client_dp is not None and self.client_dp.secure_mode  # client sampling amplifies client-level DP
-        rng = np.random.default_rng(None if secret else derive_seed(self.fed.seed, round_index, "sample"))
+        """Round ``round_index``'s clients, seeded by ``(seed, round, "sample")``: Poisson sampling at
+        rate clients_per_round/clients under client-level DP (what its accountant assumes; may be
+        none), else exactly clients_per_round without replacement."""
+        seed = derive_seed(self.fed.seed, round_index, "sample")
+        if self.client_dp is not None:
+            return self.client_dp.sample_clients(self.fed.clients, seed)
+        rng = np.random.default_rng(seed)
         return sorted(rng.choice(self.fed.clients, size=self.fed.clients_per_round, replace=False).tolist())
 
     def _round(self, round_index: int) -> None:
@@ -183,11 +188,11 @@ class FederatedRun:
         download = self.method.download_bytes(self.global_state, round_index) * len(sampled)
         client_start = time.perf_counter()
         tasks = [ClientTask(k, derive_seed(self.fed.seed, round_index, k), self._noise(k)) for k in sampled]
-        results = self.clients.train(self, round_index, tasks)  # only the clients that answered
+        results = self.clients.train(self, round_index, tasks) if tasks else {}  # only the clients that answered
         trained = [k for k in sampled if k in results]
         for client in trained:
             self.charge(client, results[client].steps)
-        if len(trained) < self.fed.min_clients_per_round:
+        if len(trained) < min(self.fed.min_clients_per_round, len(sampled)):  # Poisson may sample fewer
             raise RunError(
                 f"round {round_index + 1}: only {len(trained)} of {len(sampled)} sampled clients answered, below "
                 f"federation.min_clients_per_round={self.fed.min_clients_per_round}; the checkpoint is in {self.run_dir.path}"

@@ -60,12 +60,11 @@ def train_on_partition(content: RecordDict, partition_id: int, num_partitions: i
     import tempfile
     from pathlib import Path
 
-    import torch
-
     from fedlora_cli.errors import InputError
     from fedlora_cli.federation.client import LocalTrainer
     from fedlora_cli.federation.experiment import build_experiment
     from fedlora_cli.flower import wire
+    from fedlora_cli.methods.base import restore_base_weights
     from fedlora_cli.models import load_adapter_state
     from fedlora_cli.validate import check_recipe
 
@@ -84,10 +83,7 @@ def train_on_partition(content: RecordDict, partition_id: int, num_partitions: i
     experiment = build_experiment(checked.recipe, checked.train, checked.test, [checked.client_indices[partition_id]])
     load_adapter_state(experiment.model, global_state)
     if base is not None:
-        by_name = {module.name: module for module in experiment.method.modules}
-        with torch.no_grad():
-            for name, weight in base.items():
-                by_name[name].base_weight.copy_(weight)
+        restore_base_weights(experiment.method.modules, base, "the server's train message")
     noise = wire.noise_of(config)
     trainer = LocalTrainer(experiment.model, fed, private=noise is not None)
     result = trainer.train(experiment.client_data[0], int(config["local-steps"]), int(config["seed"]), noise)

@@ -15,6 +15,10 @@ A *train* message (server → SuperNode) holds, in one ``RecordDict``:
 A *train* reply (SuperNode → server) holds ``"upload"`` (the trained tensors, by parameter
 name) and ``"result"`` (a ``MetricRecord``: client, mean loss, steps, examples).
 
+The start-up *query* reply (``"node"``: partition-id, num-partitions) is built in
+:func:`.client_app.query` and read in :func:`.server_app.discover_clients`, not here: this module
+imports torch, which the query handler avoids.
+
 Tensors travel as raw little-endian element storage (Flower's ``Array`` of a numpy view of the
 tensor), so float32 values arrive bit-identical. The ``bytes_down`` metric keeps reporting
 :meth:`~fedlora_cli.methods.base.Method.download_bytes` (what the method's protocol needs), which
@@ -32,7 +36,6 @@ from fedlora_cli.federation.client import ClientNoise, LocalResult
 from fedlora_cli.federation.clients import ClientTask
 
 GLOBAL, BASE, TASK, UPLOAD, RESULT = "global", "base", "task", "upload", "result"
-QUERY_INFO = "node"
 
 
 def train_request(
@@ -113,9 +116,3 @@ def read_train_reply(content: RecordDict) -> tuple[int, LocalResult]:
     result = LocalResult(tensors(content[UPLOAD]), float(info["mean-loss"]), int(info["steps"]), int(info["examples"]))
     return int(info["client"]), result
 
-
-def query_reply(partition_id: int, num_partitions: int | None) -> RecordDict:
-    info = {"partition-id": partition_id}
-    if num_partitions is not None:
-        info["num-partitions"] = num_partitions
-    return RecordDict({QUERY_INFO: ConfigRecord(info)})

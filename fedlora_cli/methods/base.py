@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import torch
 
+from fedlora_cli.errors import InputError
 from fedlora_cli.methods.server_optimizer import ServerOptimizer
 from fedlora_cli.models import LoraModule, is_head_parameter
 from fedlora_cli.recipe import Recipe
@@ -30,6 +31,35 @@ def weighted_mean(uploads: list[State], weights: torch.Tensor) -> State:
         key: sum(float(w) * upload[key].double() for w, upload in zip(weights, uploads)).to(uploads[0][key].dtype)
         for key in keys
     }
+
+
+def add_to_base_weight(module: LoraModule, update: torch.Tensor) -> None:
+    """``W0 ← W0 + s·update`` for an out×in ``update``, in float64, written in the layer's own
+    layout: transposed where peft's ``fan_in_fan_out`` is set (GPT-2's ``Conv1D`` stores W0
+    in×out), as peft's own merge does."""
+    if module.layer.fan_in_fan_out:
+        update = update.T
+    weight = module.base_weight
+    with torch.no_grad():
+        weight.copy_((weight.double() + module.scaling * update).to(weight.dtype))
+
+
+def restore_base_weights(modules: list[LoraModule], weights: State, source: str) -> None:
+    """Copy saved base weights, keyed by LoRA module name and in each layer's own layout, into
+    those modules' frozen base layers (what fedex/flora changed). Checks every name and shape
+    before copying anything; raises InputError naming ``source`` otherwise."""
+    by_name = {module.name: module for module in modules}
+    problems = [f"{name} is not a LoRA module of the model" for name in sorted(set(weights) - set(by_name))]
+    problems += [
+        f"{name} has shape {tuple(tensor.shape)}, the model {tuple(by_name[name].base_weight.shape)}"
+        for name, tensor in weights.items()
+        if name in by_name and tensor.shape != by_name[name].base_weight.shape
+    ]
+    if problems:
+        raise InputError([*problems[:3], "the base weights and the model come from different runs or recipes"], source=source)
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            by_name[name].base_weight.copy_(tensor)
 
 
 def tensor_bytes(tensors) -> int:

@@ -8,7 +8,8 @@ and folds what that average misses into the frozen base weight (out×in):
 
 so ``W0' + s·B̄Ā = Σ p_k (W0 + s·B_k A_k)``: the effective weight is the exact weighted mean of
 the clients' effective weights. (The published code adds this residual transposed, which goes
-unnoticed on square q/v matrices; here it is ``B @ A``, out×in, checked on a non-square layer.)
+unnoticed on square q/v matrices; here it is ``B @ A``, out×in, checked on a non-square layer,
+and written transposed only into layers that store W0 in×out: GPT-2's ``Conv1D``.)
 
 Each client sampled after the first round also receives the dense residual, out×in per module
 (a client that skipped rounds receives the sum of the residuals it missed: the same size).
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from fedlora_cli.methods.base import Method, State, tensor_bytes
+from fedlora_cli.methods.base import Method, State, add_to_base_weight, tensor_bytes
 from fedlora_cli.methods.registry import register
 
 
@@ -47,11 +48,7 @@ class FedEx(Method):
         return adapter + sum(tensor_bytes([module.base_weight]) for module in self.modules)
 
     def server_update(self, global_state, mean, uploads, weights, round_index) -> State:
-        with torch.no_grad():
-            for module in self.modules:
-                residual = fedex_residual(
-                    [u[module.b_key] for u in uploads], [u[module.a_key] for u in uploads], weights
-                )
-                weight = module.base_weight
-                weight.copy_((weight.double() + module.scaling * residual).to(weight.dtype))
+        for module in self.modules:
+            residual = fedex_residual([u[module.b_key] for u in uploads], [u[module.a_key] for u in uploads], weights)
+            add_to_base_weight(module, residual)
         return {**global_state, **mean}

@@ -3,7 +3,7 @@ Low-Rank Adaptations", NeurIPS 2024): aggregation by stacking.
 
 Clients train A and B. The server stacks the clients' factors, ``[p_1 B_1 … p_K B_K]`` (out×Kr)
 and ``[A_1; …; A_K]`` (Kr×in), whose product is exactly ``Σ p_k B_k A_k``, folds it into the frozen
-base weight and starts a fresh adapter:
+base weight (transposed where W0 is stored in×out, GPT-2's ``Conv1D``) and starts a fresh adapter:
 
     W0 ← W0 + s·Σ p_k B_k A_k,   A ← Kaiming-uniform (peft's init),   B ← 0
 
@@ -25,7 +25,7 @@ import math
 import torch
 
 from fedlora_cli.seeding import derive_seed
-from fedlora_cli.methods.base import Method, State, tensor_bytes
+from fedlora_cli.methods.base import Method, State, add_to_base_weight, tensor_bytes
 from fedlora_cli.methods.registry import register
 
 
@@ -63,12 +63,10 @@ class FLoRA(Method):
 
     def server_update(self, global_state, mean, uploads, weights, round_index) -> State:
         state = {**global_state, **mean}
-        with torch.no_grad():
-            for module in self.modules:
-                update = stacked_product([u[module.b_key] for u in uploads], [u[module.a_key] for u in uploads], weights)
-                weight = module.base_weight
-                weight.copy_((weight.double() + module.scaling * update).to(weight.dtype))
-                a, b = state[module.a_key], state[module.b_key]
-                state[module.a_key] = fresh_lora_a(a.shape, a.dtype, derive_seed(self.seed, round_index, "flora", module.name))
-                state[module.b_key] = torch.zeros_like(b)
+        for module in self.modules:
+            update = stacked_product([u[module.b_key] for u in uploads], [u[module.a_key] for u in uploads], weights)
+            add_to_base_weight(module, update)
+            a, b = state[module.a_key], state[module.b_key]
+            state[module.a_key] = fresh_lora_a(a.shape, a.dtype, derive_seed(self.seed, round_index, "flora", module.name))
+            state[module.b_key] = torch.zeros_like(b)
         return state

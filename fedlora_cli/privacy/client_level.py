@@ -1,8 +1,11 @@
 """Client-level DP: DP-FedAvg with fixed or adaptive clipping of client updates.
 
 DP-FedAvg (McMahan, Ramage, Talwar, Zhang, "Learning Differentially Private Recurrent Language
-Models", ICLR 2018). Round t, global adapter ``x``, sampled clients S with ``m = |S| =
-clients_per_round``; only the tensors clients exchange (their uploads) are touched:
+Models", ICLR 2018). Round t, global adapter ``x``, clients S sampled by Poisson sampling (each of
+the K clients independently with probability ``q = m/K``, so |S| is random and may be 0), fixed
+denominator ``m = clients_per_round = qK`` (the expected |S|: McMahan et al.'s fixed-denominator
+estimator, whose sensitivity is ``C/m`` whatever |S| is); only the tensors clients exchange (their
+uploads) are touched:
 
     Δ_k  = upload_k − x                                     (client k's update)
     Δ̂_k  = Δ_k · min(1, C / ‖Δ_k‖₂)                         (‖·‖₂ over all exchanged tensors)
@@ -28,9 +31,11 @@ rule as TensorFlow Federated's adaptive Gaussian aggregator). The accountant see
 update noise is ``σ_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2)``, which needs ``2σ_b > z``.
 
 **Accounting.** T rounds of the sampled Gaussian mechanism with noise multiplier ``z`` and rate
-``q = m / K`` (K = federation.clients), through the Opacus accountants. The accountants assume
-*Poisson* sampling of clients at rate q; the engine samples exactly m clients without
-replacement (the usual approximation in the DP-FedAvg literature). The epsilon protects a
+``q = m / K`` (K = federation.clients), through the Opacus accountants, which assume Poisson
+sampling at rate q: :meth:`ClientLevelDP.sample_clients` samples exactly so. A round that samples
+no client still releases ``x + N(0, σ_Δ² C² I)/m`` (and the noised count): skipping it would make
+an empty round visible in the model, which the sampled Gaussian mechanism's analysis does not
+cover (as Opacus still takes a noised step on an empty Poisson batch). The epsilon protects a
 client's whole participation (all its data, every round), not a single example.
 """
 
@@ -49,8 +54,8 @@ from fedlora_cli.privacy.accountants import calibrate_noise, epsilon
 State = dict[str, torch.Tensor]
 
 SAMPLING_NOTE = (
-    "the accountant assumes Poisson sampling of clients at rate q = clients_per_round/clients; "
-    "the run samples exactly clients_per_round clients without replacement"
+    "clients are Poisson-sampled at rate q = clients_per_round/clients, as the accountant assumes "
+    "(a round may have fewer or more clients than clients_per_round, or none)"
 )
 EPSILON_SCOPE = {
     "sample": "per example of a client's data (sample-level DP-SGD)",
@@ -62,7 +67,11 @@ DEFAULT_COUNT_STDDEV_FRACTION = 1 / 20  # σ_b = m/20, Andrew et al. 2021, Sec. 
 def default_count_stddev(noise_multiplier: float, clients_per_round: int) -> float:
     """``σ_b = max(m/20, z)``: the paper's m/20 when m is large (hundreds of clients per round);
     never below z, so the count costs at most ``σ_Δ ≤ z/√(3/4) ≈ 1.155·z`` of update noise
-    (with few clients per round m/20 would be below z/2, which no budget allows)."""
+    (with few clients per round m/20 would be below z/2, which no budget allows).
+    ``σ_b = 0`` when ``z = 0`` (no noise anywhere: the count is exact, as in TensorFlow
+    Federated's ``adaptive_clip_noise_params``)."""
+    if noise_multiplier == 0:
+        return 0.0
     return max(clients_per_round * DEFAULT_COUNT_STDDEV_FRACTION, noise_multiplier)
 
 
@@ -171,7 +180,9 @@ class ClientLevelDP:
             z = calibrate_noise(cfg.target_epsilon, cfg.delta, rate, fed.rounds, cfg.accountant)
         count_stddev = None
         if cfg.adaptive_clipping:
-            count_stddev = cfg.clipped_count_stddev or default_count_stddev(z, fed.clients_per_round)
+            count_stddev = cfg.clipped_count_stddev
+            if count_stddev is None:
+                count_stddev = default_count_stddev(z, fed.clients_per_round)
             update_noise_multiplier(z, count_stddev)  # raises InputError when 2σ_b ≤ z
         return cls(
             noise_multiplier=z,
@@ -204,16 +215,31 @@ class ClientLevelDP:
         return self.max_epsilon is not None and self.epsilon(self.rounds_done + 1) > self.max_epsilon
 
     # ------------------------------------------------------------------------- one round
-    def privatize(self, global_state: State, uploads: list[State], generator: torch.Generator) -> State:
+    def sample_clients(self, clients: int, seed: int) -> list[int]:
+        """Poisson sampling: client k takes part when ``u_k < q``, ``u_k ~ U[0, 1)`` independent.
+
+        The rule of Opacus's ``UniformWithReplacementSampler`` (``torch.rand(K) < q``), drawn
+        from :func:`noise_generator` (``seed``; the secure generator under ``secure_mode``).
+        The result may be empty.
+        """
+        draws = torch.rand(clients, generator=noise_generator(self.secure_mode, seed), dtype=torch.float64)
+        return torch.nonzero(draws < self.sample_rate).flatten().tolist()
+
+    def privatize(
+        self, global_state: State, uploads: list[State], generator: torch.Generator, keys: list[str] | None = None
+    ) -> State:
         """The noised mean of the clipped updates, added to ``global_state`` (exchanged keys only).
 
-        Also moves ``clip`` under adaptive clipping and counts the round for the accountant.
+        ``keys`` are the exchanged tensors (default: the uploads'; needed when no client was
+        sampled, where the result is the noise alone). Also moves ``clip`` under adaptive
+        clipping and counts the round for the accountant.
         """
-        if not uploads:
-            raise ValueError("client-level DP needs at least one upload")
+        if keys is None:
+            if not uploads:
+                raise ValueError("privatize needs the exchanged keys when there is no upload")
+            keys = list(uploads[0])
         m = self.clients_per_round
         clip = self.clip
-        keys = list(uploads[0])
         total = {key: torch.zeros_like(global_state[key], dtype=torch.float64) for key in keys}
         below = 0
         for upload in uploads:
@@ -240,9 +266,12 @@ class ClientLevelDP:
     def aggregate(self, method, global_state: State, uploads: list[State], round_index: int, generator: torch.Generator) -> State:
         """Noise the mean first, then run the method's server step on it (post-processing).
 
-        The server optimizer and ``server_update`` see only the privatized state, as one upload of weight 1.
+        The server optimizer and ``server_update`` see only the privatized state, as one upload of
+        weight 1. ``uploads`` may be empty (no client sampled): the exchanged tensors then move by
+        the noise alone.
         """
-        noised = self.privatize(global_state, uploads, generator)
+        keys = [key for key in global_state if method.is_trainable(key)]
+        noised = self.privatize(global_state, uploads, generator, keys)
         return method.server_step(global_state, noised, [noised], torch.ones(1, dtype=torch.float64), round_index)
 
     def info(self) -> dict:

@@ -63,20 +63,31 @@ def copy(
     print(dest)
 
 
+def _recipes_and_overrides(args: list[str]) -> tuple[list[str | None], list[str]]:
+    """Recipe files or names, and ``key.sub=value`` overrides (applied to each); none: the default."""
+    overrides = [arg for arg in args if "=" in arg and not Path(arg).exists()]
+    recipes = [arg for arg in args if arg not in overrides]
+    return recipes or [None], overrides
+
+
 @app.command("validate")
 @guarded
 def validate(
-    files: list[str] = typer.Argument(..., help="recipe files or builtin names"),
+    args: Optional[list[str]] = typer.Argument(
+        None, help="recipe files or builtin names, then key.sub=value overrides applied to each (default: default)"
+    ),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Check recipes completely (schema, data files, client split) without training."""
+    """Check recipes completely (schema, data files, client split, privacy plan) without training."""
+    recipes, overrides = _recipes_and_overrides(list(args or []))
     results = []
-    for file in files:
+    for recipe in recipes:
+        label = recipe or "default"
         try:
-            check_recipe(file)
-            results.append({"recipe": file, "ok": True, "problems": []})
+            check_recipe(recipe, overrides)
+            results.append({"recipe": label, "ok": True, "problems": []})
         except InputError as exc:
-            results.append({"recipe": file, "ok": False, "problems": exc.problems})
+            results.append({"recipe": label, "ok": False, "problems": exc.problems})
             if not json_output:
                 print_input_error(exc)
     if json_output:

@@ -40,6 +40,13 @@ def print_input_error(exc: InputError) -> None:
         console.print(f"  - {problem}", markup=False, soft_wrap=True)
 
 
+def print_warnings(warnings: list[dict], prefix: str = "") -> None:
+    """Data-report warnings (:mod:`fedlora_cli.data_report`), one ``warning:`` line each on stderr."""
+    console = err_console()
+    for warning in warnings:
+        console.print(f"warning: {prefix}{warning['message']}", markup=False, soft_wrap=True)
+
+
 def guarded(fn):
     """Run a command: library errors become messages and exit codes, never tracebacks."""
 

@@ -6,12 +6,22 @@ Examples: `fedlora train`, `fedlora train recipes/fedavg.yaml federation.rounds=
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from fedlora_cli.cli.common import EXIT_BUDGET, EXIT_INTERRUPTED, err_console, guarded, progress, wants_json
+from fedlora_cli.cli.common import (
+    EXIT_BUDGET,
+    EXIT_INTERRUPTED,
+    err_console,
+    guarded,
+    print_warnings,
+    progress,
+    wants_json,
+)
+from fedlora_cli.data_report import client_warnings
 from fedlora_cli.errors import InputError
 from fedlora_cli.recipe import dump_recipe
 from fedlora_cli.report.console import JsonLinesReporter, LiveTableReporter
@@ -23,6 +33,15 @@ def _split_recipe_and_overrides(recipe: str | None, overrides: list[str]) -> tup
     if recipe is not None and "=" in recipe and not Path(recipe).exists():
         return None, [recipe, *overrides]
     return recipe, overrides
+
+
+def _warn(warnings: list[dict], as_json: bool) -> None:
+    """Warnings about hopeless clients before round 1: on stderr, or as ``"type": "warning"`` JSON lines."""
+    if as_json:
+        for warning in warnings:
+            print(json.dumps({"type": "warning", **warning}), flush=True)
+    else:
+        print_warnings(warnings)
 
 
 @guarded
@@ -53,6 +72,7 @@ def train(
 
         experiment = build_experiment(checked.recipe, checked.train, checked.test, checked.client_indices)
     if resume is None:
+        _warn(client_warnings(checked), as_json)
         name = f"{checked.recipe.name}-{checked.recipe.method.name}"
         run_dir = RunDir.at(out) if out is not None else RunDir.create(checked.recipe.output.dir, name)
         run_dir.write_recipe(dump_recipe(checked.recipe))

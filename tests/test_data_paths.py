@@ -49,3 +49,26 @@ def test_train_shows_the_paths_and_exits_2(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["train", str(recipe), "--json"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert str(tmp_path / "nope.csv") in result.stderr and str(tmp_path / "recipes" / "nope.csv") in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, what, missing",
+    [
+        (["eval", "runs/gone"], "RUN_DIR", "runs/gone"),
+        (["eval", "--adapter", "gone", "--recipe", "default"], "--adapter", "gone"),
+        (["train", "--resume", "runs/gone"], "--resume", "runs/gone"),
+    ],
+)
+def test_missing_paths_on_the_command_line_show_the_absolute_path(tmp_path, monkeypatch, args, what, missing):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"{what} {missing}: not found (looked for {tmp_path / missing})" in result.stderr
+
+
+def test_eval_data_file_missing(tmp_path, monkeypatch):
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["eval", "run", "--data", "other.csv"])
+    assert result.exit_code == 2
+    assert f"--data other.csv: not found (looked for {tmp_path / 'other.csv'})" in result.stderr

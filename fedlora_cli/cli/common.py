@@ -7,6 +7,7 @@ import functools
 import os
 import sys
 import traceback
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -38,6 +39,12 @@ def print_input_error(exc: InputError) -> None:
     console.print(f"{head}: {len(exc.problems)} problems", markup=False, soft_wrap=True)
     for problem in exc.problems:
         console.print(f"  - {problem}", markup=False, soft_wrap=True)
+
+
+def require_existing(path: Path | None, what: str) -> None:
+    """InputError naming ``what`` (a flag or argument) and the absolute path looked for, when missing."""
+    if path is not None and not path.exists():
+        raise InputError(f"{what} {path}: not found (looked for {path.resolve()}); fix the path")
 
 
 def print_warnings(warnings: list[dict], prefix: str = "") -> None:

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedlora_cli.cli.common import err_console, guarded, wants_json
+from fedlora_cli.cli.common import err_console, guarded, require_existing, wants_json
 
 
 def _row(name: str, scores: dict) -> list[str]:
@@ -55,6 +55,8 @@ def eval_command(
     data: Optional[Path] = typer.Option(None, "--data", help="also score this file (same columns as the recipe's data)"),
     json_output: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
 ) -> None:
+    for path, what in ((run_dir, "RUN_DIR"), (adapter, "--adapter"), (data, "--data")):
+        require_existing(path, what)
     # torch, transformers and opacus load when the command runs, so `fedlora --help` is fast
     from fedlora_cli.federation.artifacts import evaluate_adapter, resolve_target
 

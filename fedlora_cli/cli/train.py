@@ -19,6 +19,7 @@ from fedlora_cli.cli.common import (
     guarded,
     print_warnings,
     progress,
+    require_existing,
     wants_json,
 )
 from fedlora_cli.data_report import client_warnings
@@ -60,6 +61,7 @@ def train(
             raise InputError("--resume takes the recipe from the run directory; drop the recipe, overrides and --out")
         from fedlora_cli.federation.run_dir import RunDir
 
+        require_existing(resume, "--resume")
         run_dir = RunDir.existing(resume)
     with progress("checking the recipe, loading data and model, tokenizing", show=not (as_json or quiet)):
         checked = check_recipe(str(run_dir.recipe_path) if resume is not None else recipe, overrides)

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedlora_cli.cli.common import err_console, guarded, require_existing, wants_json
+from fedlora_cli.threads import apply_threads
 
 
 def _row(name: str, scores: dict) -> list[str]:
@@ -61,6 +62,7 @@ def eval_command(
     from fedlora_cli.federation.artifacts import evaluate_adapter, resolve_target
 
     target = resolve_target(run_dir, adapter, recipe)
+    apply_threads(target.recipe.federation.threads)
     as_json = wants_json(json_output)
     if as_json:
         result = evaluate_adapter(target, per_client=per_client, data_file=data)

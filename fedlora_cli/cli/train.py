@@ -25,6 +25,7 @@ from fedlora_cli.cli.common import (
 from fedlora_cli.data_report import client_warnings
 from fedlora_cli.errors import InputError
 from fedlora_cli.recipe import dump_recipe
+from fedlora_cli.threads import apply_threads
 from fedlora_cli.report.console import JsonLinesReporter, LiveTableReporter
 from fedlora_cli.validate import check_recipe
 
@@ -72,6 +73,7 @@ def train(
         from fedlora_cli.federation.run_dir import RunDir
         from fedlora_cli.report.plots import plot_run
 
+        apply_threads(checked.recipe.federation.threads)
         experiment = build_experiment(checked.recipe, checked.train, checked.test, checked.client_indices)
     if resume is None:
         _warn(client_warnings(checked), as_json)

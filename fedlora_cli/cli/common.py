@@ -85,9 +85,17 @@ def guarded(fn):
     return wrapper
 
 
+@contextlib.contextmanager
 def progress(text: str, show: bool):
-    """A spinner on stderr for a long phase (or nothing, for --json and --quiet)."""
-    return err_console().status(text) if show else contextlib.nullcontext()
+    """A spinner on stderr for a long step (or nothing, for --json and --quiet).
+
+    Yields ``phase(text)``, which renames the step as it moves on (loading the model, tokenizing ...).
+    """
+    if not show:
+        yield lambda _text: None
+        return
+    with err_console().status(text) as status:
+        yield status.update
 
 
 def wants_json(json_flag: bool) -> bool:

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedlora_cli.cli.common import err_console, guarded, require_existing, wants_json
+from fedlora_cli.cli.common import guarded, progress, require_existing, wants_json
 from fedlora_cli.threads import apply_threads
 
 
@@ -58,18 +58,17 @@ def eval_command(
 ) -> None:
     for path, what in ((run_dir, "RUN_DIR"), (adapter, "--adapter"), (data, "--data")):
         require_existing(path, what)
-    # torch, transformers and opacus load when the command runs, so `fedlora --help` is fast
-    from fedlora_cli.federation.artifacts import evaluate_adapter, resolve_target
-
-    target = resolve_target(run_dir, adapter, recipe)
-    apply_threads(target.recipe.federation.threads)
     as_json = wants_json(json_output)
+    with progress("loading torch and transformers", show=not as_json) as phase:
+        # torch, transformers and opacus load when the command runs, so `fedlora --help` is fast
+        from fedlora_cli.federation.artifacts import evaluate_adapter, resolve_target
+
+        target = resolve_target(run_dir, adapter, recipe)
+        apply_threads(target.recipe.federation.threads)
+        result = evaluate_adapter(target, per_client=per_client, data_file=data, phase=phase)
     if as_json:
-        result = evaluate_adapter(target, per_client=per_client, data_file=data)
         print(json.dumps(result))
         return
-    with err_console().status("evaluating ..."):
-        result = evaluate_adapter(target, per_client=per_client, data_file=data)
     console = Console()
     console.print(eval_table(result))
     if "fairness" in result:

@@ -64,7 +64,7 @@ def train(
 
         require_existing(resume, "--resume")
         run_dir = RunDir.existing(resume)
-    with progress("checking the recipe, loading data and model, tokenizing", show=not (as_json or quiet)):
+    with progress("checking the recipe, reading the data, planning privacy", show=not (as_json or quiet)) as phase:
         checked = check_recipe(str(run_dir.recipe_path) if resume is not None else recipe, overrides)
         # torch, transformers and opacus load only once the recipe is known to be good, so
         # `fedlora --help` and recipe errors come back in about a second
@@ -74,7 +74,7 @@ def train(
         from fedlora_cli.report.plots import plot_run
 
         apply_threads(checked.recipe.federation.threads)
-        experiment = build_experiment(checked.recipe, checked.train, checked.test, checked.client_indices)
+        experiment = build_experiment(checked.recipe, checked.train, checked.test, checked.client_indices, phase)
     if resume is None:
         _warn(client_warnings(checked), as_json)
         name = f"{checked.recipe.name}-{checked.recipe.method.name}"

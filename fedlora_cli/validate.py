@@ -75,7 +75,11 @@ def _non_finite_privacy(recipe: Recipe) -> list[str]:
 
 def plan_privacy(recipe: Recipe, client_sizes: list[int]):
     """The run's privacy plan, exactly as the round loop builds it (noise calibrated per client
-    size at sample level, per round at client level), or None without DP. Raises InputError."""
+    size at sample level, per round at client level), or None without DP.
+
+    Raises InputError when no plan exists, and when ``privacy.max_epsilon`` is below what one
+    round costs every client (the run would stop before round 1).
+    """
     if recipe.privacy.level == "none":
         return None
     problems = _non_finite_privacy(recipe)
@@ -85,9 +89,20 @@ def plan_privacy(recipe: Recipe, client_sizes: list[int]):
     from fedlora_cli.privacy.client_level import ClientLevelDP
     from fedlora_cli.privacy.sample_level import SampleLevelPlan
 
-    if recipe.privacy.level == "sample":
-        return SampleLevelPlan.build(recipe.privacy, recipe.federation, client_sizes)
-    return ClientLevelDP.build(recipe.privacy, recipe.federation, recipe.method.name)
+    privacy, fed = recipe.privacy, recipe.federation
+    if privacy.level == "sample":
+        plan = SampleLevelPlan.build(privacy, fed, client_sizes)
+        first_round = min(plan.epsilon_of(k, fed.local_steps) for k in range(len(client_sizes)))
+    else:
+        plan = ClientLevelDP.build(privacy, fed, recipe.method.name)
+        first_round = plan.epsilon(1)
+    if privacy.max_epsilon is not None and first_round > privacy.max_epsilon:
+        raise InputError(
+            f"privacy.max_epsilon={privacy.max_epsilon}: one round already spends epsilon {first_round:.4g} "
+            f"(least for any client), so the run would stop before round 1; raise privacy.max_epsilon "
+            "or spend less per round (privacy.target_epsilon, federation.local_steps)"
+        )
+    return plan
 
 
 def _data_problems(data: DataConfig, fed: FederationConfig | None, part: PartitionConfig | None):

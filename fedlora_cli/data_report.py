@@ -28,7 +28,7 @@ from fedlora_cli.validate import CheckedRecipe
 
 SMALL_CLIENT_BATCHES = 2
 ONE_LABEL_SHARE = 0.95
-MAX_NOISE_PER_EXAMPLE = 1 / 8
+MAX_SIGMA_OVER_BATCH = 1 / 8
 
 
 def _label_counts(labels, names: list[str]) -> dict[str, int]:
@@ -71,7 +71,7 @@ def client_warnings(checked: CheckedRecipe, rows: list[dict] | None = None) -> l
                     "kind": "small_client",
                     "client": k,
                     "message": f"client {k} has {size} examples, fewer than {SMALL_CLIENT_BATCHES}x federation.batch_size "
-                    f"({batch_size}): give it more data (fewer federation.clients, partition.min_samples) or lower the batch size",
+                    f"({batch_size}): give it more data (fewer federation.clients, a higher partition.min_samples) or lower federation.batch_size",
                 }
             )
         label, share = max(row["label_shares"].items(), key=lambda item: item[1])
@@ -86,14 +86,14 @@ def client_warnings(checked: CheckedRecipe, rows: list[dict] | None = None) -> l
             )
         if row["noise_multiplier"] is not None:
             expected_batch = row["sample_rate"] * size
-            per_example = row["noise_multiplier"] / expected_batch
-            if per_example > MAX_NOISE_PER_EXAMPLE:
+            sigma_over_batch = row["noise_multiplier"] / expected_batch
+            if sigma_over_batch > MAX_SIGMA_OVER_BATCH:
                 warnings.append(
                     {
                         "kind": "noise_too_high",
                         "client": k,
                         "message": f"client {k}: noise multiplier {row['noise_multiplier']:.3g} on an expected batch of "
-                        f"{expected_batch:.3g} (sigma/batch {per_example:.3g} > {MAX_NOISE_PER_EXAMPLE:.3g}) is too noisy to "
+                        f"{expected_batch:.3g} (sigma/batch {sigma_over_batch:.3g} > {MAX_SIGMA_OVER_BATCH:.3g}) is too noisy to "
                         "learn from; give it more data, raise privacy.target_epsilon or lower federation.rounds/local_steps",
                     }
                 )

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from fedlora_cli.cli import app
 from fedlora_cli.data_report import (
-    MAX_NOISE_PER_EXAMPLE,
+    MAX_SIGMA_OVER_BATCH,
     ONE_LABEL_SHARE,
     SMALL_CLIENT_BATCHES,
     client_warnings,
@@ -106,7 +106,7 @@ def test_every_warning_rule(tiny_recipe):
             expected.add(("small_client", k))
         if top >= ONE_LABEL_SHARE:
             expected.add(("one_label_client", k))
-        if budget.noise_multiplier / (budget.sample_rate * n) > MAX_NOISE_PER_EXAMPLE:
+        if budget.noise_multiplier / (budget.sample_rate * n) > MAX_SIGMA_OVER_BATCH:
             expected.add(("noise_too_high", k))
     assert {(w["kind"], w["client"]) for w in warnings} == expected
     assert {kind for kind, _ in expected} == {"small_client", "one_label_client", "noise_too_high"}
@@ -147,3 +147,14 @@ def test_train_warns_before_round_one(tiny_recipe, tmp_path, monkeypatch):
     assert [line for line in result.stderr.splitlines() if line.startswith("warning:")] == [
         f"warning: {w['message']}" for w in expected
     ]
+
+
+def test_client_level_reports_one_rate_and_noise(tiny_recipe, tiny_model_dir):
+    checked = check_recipe(str(tiny_recipe), ["privacy.level=client", "method.name=fedavg"])
+    report = data_report(checked, load_tokenizer(tiny_model_dir))
+    fed, privacy = checked.recipe.federation, checked.recipe.privacy
+    assert report["client_sample_rate"] == fed.clients_per_round / fed.clients
+    reached = rdp_epsilon(report["noise_multiplier"], report["client_sample_rate"], fed.rounds, privacy.delta)
+    assert privacy.target_epsilon * 0.99 <= reached <= privacy.target_epsilon
+    assert all(c["sample_rate"] is None and c["noise_multiplier"] is None for c in report["clients"])
+    assert not any(w["kind"] == "noise_too_high" for w in report["warnings"])

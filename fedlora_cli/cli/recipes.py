@@ -108,13 +108,6 @@ def print_report(label: str, report: dict) -> None:
     console.print(clients)
 
 
-def _recipes_and_overrides(args: list[str]) -> tuple[list[str | None], list[str]]:
-    """Recipe files or names, and ``key.sub=value`` overrides (applied to each); none: the default."""
-    overrides = [arg for arg in args if "=" in arg and not Path(arg).exists()]
-    recipes = [arg for arg in args if arg not in overrides]
-    return recipes or [None], overrides
-
-
 def _checked_report(recipe: str | None, overrides: list[str], tokenizers: dict) -> dict:
     """Check one recipe and report on its data (InputError for any problem, the tokenizer's too)."""
     # transformers and opacus load only for a recipe that needs them

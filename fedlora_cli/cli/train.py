@@ -25,8 +25,8 @@ from fedlora_cli.cli.common import (
 from fedlora_cli.data_report import client_warnings
 from fedlora_cli.errors import InputError
 from fedlora_cli.recipe import dump_recipe
-from fedlora_cli.threads import apply_threads
 from fedlora_cli.report.console import JsonLinesReporter, LiveTableReporter
+from fedlora_cli.threads import apply_threads
 from fedlora_cli.validate import check_recipe
 
 

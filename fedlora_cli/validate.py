@@ -92,17 +92,26 @@ def plan_privacy(recipe: Recipe, client_sizes: list[int]):
     privacy, fed = recipe.privacy, recipe.federation
     if privacy.level == "sample":
         plan = SampleLevelPlan.build(privacy, fed, client_sizes)
-        first_round = min(plan.epsilon_of(k, fed.local_steps) for k in range(len(client_sizes)))
     else:
         plan = ClientLevelDP.build(privacy, fed, recipe.method.name)
-        first_round = plan.epsilon(1)
-    if privacy.max_epsilon is not None and first_round > privacy.max_epsilon:
+    limit = privacy.max_epsilon
+    if limit is not None and all(cost > limit for cost in _one_round_costs(plan, recipe)):
         raise InputError(
-            f"privacy.max_epsilon={privacy.max_epsilon}: one round already spends epsilon {first_round:.4g} "
-            f"(least for any client), so the run would stop before round 1; raise privacy.max_epsilon "
-            "or spend less per round (privacy.target_epsilon, federation.local_steps)"
+            f"privacy.max_epsilon={limit}: one round already spends epsilon {min(_one_round_costs(plan, recipe)):.4g} "
+            "(least for any client), so the run would stop before round 1; raise privacy.max_epsilon or spend less "
+            "per round (privacy.target_epsilon, federation.local_steps)"
         )
     return plan
+
+
+def _one_round_costs(plan, recipe: Recipe):
+    """Epsilon of a first round, per client at sample level (lazily: the check stops at the first
+    client within budget), per participation at client level."""
+    if recipe.privacy.level == "client":
+        yield plan.epsilon(1)
+        return
+    for k in range(len(plan.clients)):
+        yield plan.epsilon_of(k, recipe.federation.local_steps)
 
 
 def _data_problems(data: DataConfig, fed: FederationConfig | None, part: PartitionConfig | None):

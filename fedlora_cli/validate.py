@@ -75,10 +75,10 @@ def _non_finite_privacy(recipe: Recipe) -> list[str]:
 
 def plan_privacy(recipe: Recipe, client_sizes: list[int]):
     """The run's privacy plan, exactly as the round loop builds it (noise calibrated per client
-    size at sample level, per round at client level), or None without DP.
+    size at sample level, per round at client level), or None without DP. Raises InputError.
 
-    Raises InputError when no plan exists, and when ``privacy.max_epsilon`` is below what one
-    round costs every client (the run would stop before round 1).
+    A ``privacy.max_epsilon`` below what one round costs is not a planning error: the run stops
+    before round 1 with exit code 3, as at any other round.
     """
     if recipe.privacy.level == "none":
         return None
@@ -89,29 +89,9 @@ def plan_privacy(recipe: Recipe, client_sizes: list[int]):
     from fedlora_cli.privacy.client_level import ClientLevelDP
     from fedlora_cli.privacy.sample_level import SampleLevelPlan
 
-    privacy, fed = recipe.privacy, recipe.federation
-    if privacy.level == "sample":
-        plan = SampleLevelPlan.build(privacy, fed, client_sizes)
-    else:
-        plan = ClientLevelDP.build(privacy, fed, recipe.method.name)
-    limit = privacy.max_epsilon
-    if limit is not None and all(cost > limit for cost in _one_round_costs(plan, recipe)):
-        raise InputError(
-            f"privacy.max_epsilon={limit}: one round already spends epsilon {min(_one_round_costs(plan, recipe)):.4g} "
-            "(least for any client), so the run would stop before round 1; raise privacy.max_epsilon or spend less "
-            "per round (privacy.target_epsilon, federation.local_steps)"
-        )
-    return plan
-
-
-def _one_round_costs(plan, recipe: Recipe):
-    """Epsilon of a first round, per client at sample level (lazily: the check stops at the first
-    client within budget), per participation at client level."""
-    if recipe.privacy.level == "client":
-        yield plan.epsilon(1)
-        return
-    for k in range(len(plan.clients)):
-        yield plan.epsilon_of(k, recipe.federation.local_steps)
+    if recipe.privacy.level == "sample":
+        return SampleLevelPlan.build(recipe.privacy, recipe.federation, client_sizes)
+    return ClientLevelDP.build(recipe.privacy, recipe.federation, recipe.method.name)
 
 
 def _data_problems(data: DataConfig, fed: FederationConfig | None, part: PartitionConfig | None):

@@ -32,26 +32,11 @@ UNPLANNABLE = {
     ),
     "infinite noise": (["privacy.target_epsilon=null", "privacy.noise_multiplier=.inf"], "privacy.noise_multiplier: must be a finite number"),
     "infinite target": (["privacy.target_epsilon=.inf"], "privacy.target_epsilon: must be a finite number"),
-    "budget below one round": (["privacy.max_epsilon=0.05"], "privacy.max_epsilon=0.05: one round already spends"),
-    "client budget below one round": (
-        ["privacy.level=client", "method.name=fedavg", "privacy.max_epsilon=0.05"],
-        "privacy.max_epsilon=0.05: one round already spends",
-    ),
 }
 
 
 def test_the_floor_used_above_is_really_unreachable():
     assert epsilon_floor(1e-5, "rdp") > 0.01
-
-
-def test_a_budget_one_round_fits_is_accepted(tiny_recipe):
-    """The refusal is exact: max_epsilon at the cheapest client's one-round epsilon passes."""
-    checked = check_recipe(str(tiny_recipe))
-    fed = checked.recipe.federation
-    cheapest = min(checked.privacy.epsilon_of(k, fed.local_steps) for k in range(fed.clients))
-    assert check_recipe(str(tiny_recipe), [f"privacy.max_epsilon={cheapest!r}"]).privacy is not None
-    with pytest.raises(InputError, match="would stop before round 1"):
-        check_recipe(str(tiny_recipe), [f"privacy.max_epsilon={cheapest * 0.999!r}"])
 
 
 @pytest.mark.parametrize("case", sorted(UNPLANNABLE))

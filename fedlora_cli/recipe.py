@@ -124,6 +124,9 @@ class FederationConfig(Section):
     min_clients_per_round: int = Field(
         1, ge=1, description="aggregate a round when at least this many sampled clients answered (others dropped out)"
     )
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads torch uses (default: OMP_NUM_THREADS if set, else the cores this process may use)"
+    )
 
     @model_validator(mode="after")
     def _sampled_within_clients(self) -> "FederationConfig":

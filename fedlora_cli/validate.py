@@ -1,15 +1,22 @@
-"""Whole-recipe validation: schema, data files and client split, every problem at once."""
+"""Whole-recipe validation: schema, data files, client split and privacy plan, every problem at once.
+
+Everything a run can refuse is found here, before a run directory exists: a failing plan (a
+target epsilon below the accountant's floor, a too small ``clipped_count_stddev``, an infinite
+noise multiplier) is an input error like a missing column.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
 
 from fedlora_cli.data.partition import partition
-from fedlora_cli.data.sources import TextDataset, load_datasets
+from fedlora_cli.data.sources import BUILTIN_SOURCES, TextDataset, load_datasets
 from fedlora_cli.errors import InputError
 from fedlora_cli.recipe import (
     DataConfig,
@@ -31,6 +38,60 @@ class CheckedRecipe:
     train: TextDataset
     test: TextDataset
     client_indices: list[np.ndarray]
+    privacy: Any  # SampleLevelPlan (sample level), ClientLevelDP (client level) or None
+
+
+def _missing_data_paths(data: DataConfig, recipe_dir: Path) -> list[str]:
+    """A not-found problem for each data path that exists nowhere, naming the absolute paths tried.
+
+    :func:`~fedlora_cli.recipe._resolve_data_paths` makes every data path it finds absolute,
+    trying the current directory first and the recipe file's folder second; a relative path
+    left unresolved was found in neither.
+    """
+    problems = []
+    for key in ("source", "test_path"):
+        value = getattr(data, key)
+        if value is None or value in BUILTIN_SOURCES or Path(value).exists():
+            continue
+        tried = dict.fromkeys(str(p.resolve()) for p in (Path(value), recipe_dir / value))
+        problems.append(
+            f"data.{key}: data file not found: {value} (looked for {' and '.join(tried)}; a relative path is read "
+            "from the current directory, else from the recipe file's folder); fix the path in the recipe"
+        )
+    return problems
+
+
+def _non_finite_privacy(recipe: Recipe) -> list[str]:
+    privacy = recipe.privacy
+    return [
+        f"privacy.{key}: must be a finite number (got {value}); set a finite one, e.g. privacy.{key}={example}"
+        for key, value, example in (
+            ("noise_multiplier", privacy.noise_multiplier, 1.0),
+            ("target_epsilon", privacy.target_epsilon, 6),
+        )
+        if value is not None and not math.isfinite(value)
+    ]
+
+
+def plan_privacy(recipe: Recipe, client_sizes: list[int]):
+    """The run's privacy plan, exactly as the round loop builds it (noise calibrated per client
+    size at sample level, per round at client level), or None without DP. Raises InputError.
+
+    A ``privacy.max_epsilon`` below what one round costs is not a planning error: the run stops
+    before round 1 with exit code 3, as at any other round.
+    """
+    if recipe.privacy.level == "none":
+        return None
+    problems = _non_finite_privacy(recipe)
+    if problems:
+        raise InputError(problems)
+    # opacus loads only when a recipe asks for DP
+    from fedlora_cli.privacy.client_level import ClientLevelDP
+    from fedlora_cli.privacy.sample_level import SampleLevelPlan
+
+    if recipe.privacy.level == "sample":
+        return SampleLevelPlan.build(recipe.privacy, recipe.federation, client_sizes)
+    return ClientLevelDP.build(recipe.privacy, recipe.federation, recipe.method.name)
 
 
 def _data_problems(data: DataConfig, fed: FederationConfig | None, part: PartitionConfig | None):
@@ -56,10 +117,11 @@ def _section(model_cls, tree: dict, key: str):
 
 
 def check_recipe(name_or_path: str | None, overrides: list[str] | None = None) -> CheckedRecipe:
-    """Load, override and validate a recipe, then read its data and split it into clients.
+    """Load, override and validate a recipe, read its data, split it into clients and plan its privacy.
 
     Raises one :class:`InputError` listing every problem: schema problems and, whenever the
-    data section itself is valid, the data and partition problems too.
+    data section itself is valid, the data and partition problems too; the privacy plan is
+    made once the rest is sound (it needs the client sizes).
     """
     path = resolve_recipe_path(name_or_path)
     tree = read_recipe_tree(path)
@@ -78,9 +140,14 @@ def check_recipe(name_or_path: str | None, overrides: list[str] | None = None) -
         fed, part = _section(FederationConfig, tree, "federation"), _section(PartitionConfig, tree, "partition")
     loaded = None
     if data_cfg is not None:
-        data_problems, loaded = _data_problems(data_cfg, fed, part)
+        missing = _missing_data_paths(data_cfg, path.parent)
+        data_problems, loaded = (missing, None) if missing else _data_problems(data_cfg, fed, part)
         problems += data_problems
     if problems:
         raise InputError(problems, source=str(path))
     train, test, clients = loaded
-    return CheckedRecipe(recipe, path, train, test, clients)
+    try:
+        privacy = plan_privacy(recipe, [len(indices) for indices in clients])
+    except InputError as exc:
+        raise InputError(exc.problems, source=str(path)) from None
+    return CheckedRecipe(recipe, path, train, test, clients, privacy)

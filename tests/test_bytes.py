@@ -114,7 +114,8 @@ def test_short_run_of_every_method_counts_bytes_and_its_adapter_reloads(
 
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     rounds = [line for line in lines if line["type"] == "round"]
-    assert [line["type"] for line in lines] == ["round", "round", "summary"]
+    # the tiny split has a client of 8 examples: its "small client" warnings come first
+    assert [line["type"] for line in lines if line["type"] != "warning"] == ["round", "round", "summary"]
     (run,) = recorded_runs
     dims = shapes(run.method)
     per_round = run.fed.clients_per_round

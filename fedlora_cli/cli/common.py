@@ -7,6 +7,7 @@ import functools
 import os
 import sys
 import traceback
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -40,6 +41,19 @@ def print_input_error(exc: InputError) -> None:
         console.print(f"  - {problem}", markup=False, soft_wrap=True)
 
 
+def require_existing(path: Path | None, what: str) -> None:
+    """InputError naming ``what`` (a flag or argument) and the absolute path looked for, when missing."""
+    if path is not None and not path.exists():
+        raise InputError(f"{what} {path}: not found (looked for {path.resolve()}); fix the path")
+
+
+def print_warnings(warnings: list[dict], prefix: str = "") -> None:
+    """Data-report warnings (:mod:`fedlora_cli.data_report`), one ``warning:`` line each on stderr."""
+    console = err_console()
+    for warning in warnings:
+        console.print(f"warning: {prefix}{warning['message']}", markup=False, soft_wrap=True)
+
+
 def guarded(fn):
     """Run a command: library errors become messages and exit codes, never tracebacks."""
 
@@ -71,9 +85,17 @@ def guarded(fn):
     return wrapper
 
 
+@contextlib.contextmanager
 def progress(text: str, show: bool):
-    """A spinner on stderr for a long phase (or nothing, for --json and --quiet)."""
-    return err_console().status(text) if show else contextlib.nullcontext()
+    """A spinner on stderr for a long step (or nothing, for --json and --quiet).
+
+    Yields ``phase(text)``, which renames the step as it moves on (loading the model, tokenizing ...).
+    """
+    if not show:
+        yield lambda _text: None
+        return
+    with err_console().status(text) as status:
+        yield status.update
 
 
 def wants_json(json_flag: bool) -> bool:

@@ -15,7 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedlora_cli.cli.common import err_console, guarded, wants_json
+from fedlora_cli.cli.common import guarded, progress, require_existing, wants_json
+from fedlora_cli.threads import apply_threads
 
 
 def _row(name: str, scores: dict) -> list[str]:
@@ -55,17 +56,19 @@ def eval_command(
     data: Optional[Path] = typer.Option(None, "--data", help="also score this file (same columns as the recipe's data)"),
     json_output: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
 ) -> None:
-    # torch, transformers and opacus load when the command runs, so `fedlora --help` is fast
-    from fedlora_cli.federation.artifacts import evaluate_adapter, resolve_target
-
-    target = resolve_target(run_dir, adapter, recipe)
+    for path, what in ((run_dir, "RUN_DIR"), (adapter, "--adapter"), (data, "--data")):
+        require_existing(path, what)
     as_json = wants_json(json_output)
+    with progress("loading torch and transformers", show=not as_json) as phase:
+        # torch, transformers and opacus load when the command runs, so `fedlora --help` is fast
+        from fedlora_cli.federation.artifacts import evaluate_adapter, resolve_target
+
+        target = resolve_target(run_dir, adapter, recipe)
+        apply_threads(target.recipe.federation.threads)
+        result = evaluate_adapter(target, per_client=per_client, data_file=data, phase=phase)
     if as_json:
-        result = evaluate_adapter(target, per_client=per_client, data_file=data)
         print(json.dumps(result))
         return
-    with err_console().status("evaluating ..."):
-        result = evaluate_adapter(target, per_client=per_client, data_file=data)
     console = Console()
     console.print(eval_table(result))
     if "fairness" in result:

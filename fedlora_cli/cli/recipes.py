@@ -12,7 +12,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from fedlora_cli.cli.common import EXIT_BAD_INPUT, guarded, print_input_error
+from fedlora_cli.cli.common import EXIT_BAD_INPUT, guarded, print_input_error, print_warnings, progress
 from fedlora_cli.errors import InputError
 from fedlora_cli.recipe import builtin_recipes, resolve_recipe_path
 from fedlora_cli.validate import check_recipe
@@ -63,27 +63,94 @@ def copy(
     print(dest)
 
 
+def _recipes_and_overrides(args: list[str]) -> tuple[list[str | None], list[str]]:
+    """Recipe files or names, and ``key.sub=value`` overrides (applied to each); none: the default."""
+    overrides = [arg for arg in args if "=" in arg and not Path(arg).exists()]
+    recipes = [arg for arg in args if arg not in overrides]
+    return recipes or [None], overrides
+
+
+def _pct(share: float) -> str:
+    return f"{share:.1%}"
+
+
+def _mix(shares: dict[str, float], top: int = 3) -> str:
+    ranked = sorted(shares.items(), key=lambda item: -item[1])[:top]
+    return " · ".join(f"{name} {share:.0%}" for name, share in ranked if share > 0)
+
+
+def print_report(label: str, report: dict) -> None:
+    """The data report of one recipe as text and two tables on stdout."""
+    console = Console()
+    rows, cut = report["rows"], report["truncated_share"]
+    console.print(
+        f"{label}: ok: {rows['train']} train and {rows['test']} test rows; data.max_length {report['max_length']} "
+        f"cuts {_pct(cut['train'])} of train and {_pct(cut['test'])} of test texts",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    labels = Table("label", "train", "share", "test", "share", title="labels", title_justify="left")
+    for row in report["labels"]:
+        labels.add_row(row["label"], str(row["train"]), _pct(row["train_share"]), str(row["test"]), _pct(row["test_share"]))
+    console.print(labels)
+    sample_level = report["privacy_level"] == "sample"
+    title = "clients"
+    if report["privacy_level"] == "client":
+        title += f" (client-level DP: sample rate {report['client_sample_rate']:.4g}, noise multiplier {report['noise_multiplier']:.4g})"
+    clients = Table("client", "examples", "label mix (top 3)", title=title, title_justify="left")
+    if sample_level:
+        clients.add_column("sample rate", justify="right")
+        clients.add_column("noise multiplier", justify="right")
+    for row in report["clients"]:
+        privacy = [f"{row['sample_rate']:.4f}", f"{row['noise_multiplier']:.4f}"] if sample_level else []
+        clients.add_row(str(row["client"]), str(row["examples"]), _mix(row["label_shares"]), *privacy)
+    console.print(clients)
+
+
+def _checked_report(recipe: str | None, overrides: list[str], tokenizers: dict) -> dict:
+    """Check one recipe and report on its data (InputError for any problem, the tokenizer's too)."""
+    # transformers and opacus load only for a recipe that needs them
+    from fedlora_cli.data_report import data_report
+    from fedlora_cli.models import load_tokenizer
+
+    checked = check_recipe(recipe, overrides)
+    name = checked.recipe.model.name
+    if name not in tokenizers:
+        try:
+            tokenizers[name] = load_tokenizer(name)
+        except InputError as exc:
+            raise InputError(exc.problems, source=str(checked.source)) from None
+    return data_report(checked, tokenizers[name])
+
+
 @app.command("validate")
 @guarded
 def validate(
-    files: list[str] = typer.Argument(..., help="recipe files or builtin names"),
-    json_output: bool = typer.Option(False, "--json"),
+    args: Optional[list[str]] = typer.Argument(
+        None, help="recipe files or builtin names, then key.sub=value overrides applied to each (default: default)"
+    ),
+    json_output: bool = typer.Option(False, "--json", help="a JSON list, one object per recipe, on stdout"),
 ) -> None:
-    """Check recipes completely (schema, data files, client split) without training."""
-    results = []
-    for file in files:
+    """Check recipes completely (schema, data files, client split, privacy plan) without training,
+    and report on the data: rows, labels, truncation, clients, with warnings for hopeless clients."""
+    recipes, overrides = _recipes_and_overrides(list(args or []))
+    results, tokenizers = [], {}
+    for recipe in recipes:
+        label = recipe or "default"
         try:
-            check_recipe(file)
-            results.append({"recipe": file, "ok": True, "problems": []})
+            with progress(f"checking {label}: data, client split, privacy plan, token lengths", show=not json_output):
+                report = _checked_report(recipe, overrides, tokenizers)
         except InputError as exc:
-            results.append({"recipe": file, "ok": False, "problems": exc.problems})
+            results.append({"recipe": label, "ok": False, "problems": exc.problems})
             if not json_output:
                 print_input_error(exc)
+            continue
+        results.append({"recipe": label, "ok": True, "problems": [], **report})
+        if not json_output:
+            print_report(label, report)
+            print_warnings(report["warnings"], f"{label}: ")
     if json_output:
         print(json.dumps(results))
-    else:
-        for result in results:
-            if result["ok"]:
-                print(f"{result['recipe']}: ok")
     if not all(r["ok"] for r in results):
         raise typer.Exit(EXIT_BAD_INPUT)

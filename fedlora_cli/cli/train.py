@@ -6,15 +6,27 @@ Examples: `fedlora train`, `fedlora train recipes/fedavg.yaml federation.rounds=
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from fedlora_cli.cli.common import EXIT_BUDGET, EXIT_INTERRUPTED, err_console, guarded, progress, wants_json
+from fedlora_cli.cli.common import (
+    EXIT_BUDGET,
+    EXIT_INTERRUPTED,
+    err_console,
+    guarded,
+    print_warnings,
+    progress,
+    require_existing,
+    wants_json,
+)
+from fedlora_cli.data_report import client_warnings
 from fedlora_cli.errors import InputError
 from fedlora_cli.recipe import dump_recipe
 from fedlora_cli.report.console import JsonLinesReporter, LiveTableReporter
+from fedlora_cli.threads import apply_threads
 from fedlora_cli.validate import check_recipe
 
 
@@ -23,6 +35,15 @@ def _split_recipe_and_overrides(recipe: str | None, overrides: list[str]) -> tup
     if recipe is not None and "=" in recipe and not Path(recipe).exists():
         return None, [recipe, *overrides]
     return recipe, overrides
+
+
+def _warn(warnings: list[dict], as_json: bool) -> None:
+    """Warnings about hopeless clients before round 1: on stderr, or as ``"type": "warning"`` JSON lines."""
+    if as_json:
+        for warning in warnings:
+            print(json.dumps({"type": "warning", **warning}), flush=True)
+    else:
+        print_warnings(warnings)
 
 
 @guarded
@@ -41,8 +62,9 @@ def train(
             raise InputError("--resume takes the recipe from the run directory; drop the recipe, overrides and --out")
         from fedlora_cli.federation.run_dir import RunDir
 
+        require_existing(resume, "--resume")
         run_dir = RunDir.existing(resume)
-    with progress("checking the recipe, loading data and model, tokenizing", show=not (as_json or quiet)):
+    with progress("checking the recipe, reading the data, planning privacy", show=not (as_json or quiet)) as phase:
         checked = check_recipe(str(run_dir.recipe_path) if resume is not None else recipe, overrides)
         # torch, transformers and opacus load only once the recipe is known to be good, so
         # `fedlora --help` and recipe errors come back in about a second
@@ -51,8 +73,10 @@ def train(
         from fedlora_cli.federation.run_dir import RunDir
         from fedlora_cli.report.plots import plot_run
 
-        experiment = build_experiment(checked.recipe, checked.train, checked.test, checked.client_indices)
+        apply_threads(checked.recipe.federation.threads)
+        experiment = build_experiment(checked.recipe, checked.train, checked.test, checked.client_indices, phase)
     if resume is None:
+        _warn(client_warnings(checked), as_json)
         name = f"{checked.recipe.name}-{checked.recipe.method.name}"
         run_dir = RunDir.at(out) if out is not None else RunDir.create(checked.recipe.output.dir, name)
         run_dir.write_recipe(dump_recipe(checked.recipe))

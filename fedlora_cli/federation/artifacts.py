@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -100,21 +101,31 @@ def fairness(client_scores: list[dict]) -> dict[str, float]:
 
 
 def evaluate_adapter(
-    target: EvalTarget, *, per_client: bool = False, data_file: str | Path | None = None
+    target: EvalTarget,
+    *,
+    per_client: bool = False,
+    data_file: str | Path | None = None,
+    phase: Callable[[str], None] = lambda _text: None,
 ) -> dict:
-    """Accuracy, macro-F1 and loss on the test split (and per client / on ``data_file``)."""
+    """Accuracy, macro-F1 and loss on the test split (and per client / on ``data_file``).
+
+    ``phase`` is told what starts next (for a progress display).
+    """
     recipe = target.recipe
+    phase("reading the data")
     train, test = load_datasets(recipe.data)
     names = train.label_names
     extra: TextDataset | None = load_labeled_file(data_file, recipe.data, names) if data_file is not None else None
     clients = partition(np.asarray(train.labels), recipe.federation.clients, recipe.partition) if per_client else None
 
+    phase(f"loading the tokenizer, model {recipe.model.name} and adapter")
     tokenizer = load_tokenizer(recipe.model.name)
     model = load_adapter_model(recipe, target.adapter_dir, len(names))
     batch = recipe.federation.eval_batch_size
     max_length = recipe.data.max_length
 
-    def score(dataset: TextDataset) -> dict:
+    def score(dataset: TextDataset, what: str = "the test split") -> dict:
+        phase(f"tokenizing and scoring {what} ({len(dataset)} texts)")
         return {"samples": len(dataset), **evaluate(model, tokenize(dataset, tokenizer, max_length), len(names), batch)}
 
     result: dict = {
@@ -126,9 +137,11 @@ def evaluate_adapter(
         "test": score(test),
     }
     if extra is not None:
-        result["data"] = {"file": str(data_file), **score(extra)}
+        result["data"] = {"file": str(data_file), **score(extra, str(data_file))}
     if clients is not None:
-        result["clients"] = [{"client": k, **score(train.subset(idx.tolist()))} for k, idx in enumerate(clients)]
+        result["clients"] = [
+            {"client": k, **score(train.subset(idx.tolist()), f"client {k}")} for k, idx in enumerate(clients)
+        ]
         result["fairness"] = fairness(result["clients"])
     return result
 

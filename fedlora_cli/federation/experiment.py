@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -47,10 +48,21 @@ def build_model(recipe: Recipe, num_labels: int) -> tuple[torch.nn.Module, Metho
     return model, method
 
 
-def build_experiment(recipe: Recipe, train: TextDataset, test: TextDataset, clients: list[np.ndarray]) -> Experiment:
-    """Tokenize the (already validated) data and build the one model every client shares."""
+def build_experiment(
+    recipe: Recipe,
+    train: TextDataset,
+    test: TextDataset,
+    clients: list[np.ndarray],
+    phase: Callable[[str], None] = lambda _text: None,
+) -> Experiment:
+    """Tokenize the (already validated) data and build the one model every client shares.
+
+    ``phase`` is told what starts next (for a progress display).
+    """
+    phase(f"loading the tokenizer and model {recipe.model.name}")
     tokenizer = load_tokenizer(recipe.model.name)
     model, method = build_model(recipe, len(train.label_names))
+    phase(f"tokenizing {len(train)} training and {len(test)} test texts")
     tokenized_train = tokenize(train, tokenizer, recipe.data.max_length)
     client_data = [tokenized_train.subset(indices) for indices in clients]
     test_data = tokenize(test, tokenizer, recipe.data.max_length)

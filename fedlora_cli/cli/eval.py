@@ -1,4 +1,5 @@
-"""Score a trained adapter: accuracy, macro-F1 and loss on the recipe's test split.
+"""Score a trained adapter: accuracy, macro-F1 and loss on the recipe's test split, beside the
+majority-class baseline (and whether the model collapsed to one class).
 
 `fedlora eval RUN_DIR` uses the run's recipe.yaml and final adapter; `--adapter DIR --recipe FILE`
 any adapter. `--per-client` also scores every client's local training data (fairness: mean,
@@ -71,5 +72,13 @@ def eval_command(
         return
     console = Console()
     console.print(eval_table(result))
+    test = result["test"]
+    console.print(
+        f"majority class (always answering '{result['label_names'][test['majority_class']]}'): accuracy "
+        f"{test['majority_accuracy']:.4f}, macro-F1 {test['majority_macro_f1']:.4f}; predicted counts "
+        f"{test['predicted_counts']}" + ("; COLLAPSED: the model did not learn the task" if test["collapsed"] else ""),
+        markup=False,
+        highlight=False,
+    )
     if "fairness" in result:
         console.print(fairness_line(result["fairness"]), markup=False, highlight=False)

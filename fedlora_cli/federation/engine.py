@@ -5,6 +5,11 @@ batches, DP noise and dropout) is drawn from generators seeded by ``(seed, t, cl
 (:func:`~fedlora_cli.seeding.derive_seed`), so a run resumed from the checkpoint
 after round t continues bit-identically to one that never stopped (on CPU, secure_mode off).
 
+A checkpoint is a consistent cut: a round computes into locals and commits the clients' step
+charges, the global (and base) tensors, the client-level DP state, its metrics and ``rounds_done``
+together at its end, with Ctrl-C held back during the commit; an interrupt anywhere else saves
+the last complete round, which resume then repeats from the same seeds (no step is charged twice).
+
 Who trains a round's sampled clients is a seam (:mod:`~fedlora_cli.federation.clients`): this
 process by default, Flower SuperNodes with :mod:`fedlora_cli.flower`. Clients that do not answer
 are left out of the aggregation and of the accounting, as long as at least
@@ -15,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -28,6 +33,7 @@ from fedlora_cli.errors import RunError
 from fedlora_cli.federation.artifacts import load_adapter_model
 from fedlora_cli.federation.evaluate import evaluate, predict_logits
 from fedlora_cli.federation.experiment import Experiment
+from fedlora_cli.federation.interrupts import interrupts_deferred
 from fedlora_cli.federation.run_dir import RunDir
 from fedlora_cli.methods.base import tensor_bytes
 from fedlora_cli.models import adapter_state, load_adapter_state
@@ -75,6 +81,7 @@ class FederatedRun:
         )
         self.trainer = LocalTrainer(self.model, self.fed, private=self.plan is not None)
         self.global_state = adapter_state(self.model)
+        self.committed_base: dict[str, torch.Tensor] | None = None  # base weights while a round changes them
         self.state = RunState(client_steps=[0] * self.fed.clients)
         self.clients = clients if clients is not None else InProcessClients()  # who trains the sampled clients
 
@@ -134,7 +141,8 @@ class FederatedRun:
     def save_checkpoint(self) -> None:
         tensors = dict(self.global_state)
         if self.method.modifies_base:
-            tensors.update({BASE_PREFIX + m.name: m.base_weight for m in self.method.modules})
+            base = self.committed_base or {m.name: m.base_weight for m in self.method.modules}
+            tensors.update({BASE_PREFIX + name: weight for name, weight in base.items()})
         self.run_dir.write_metrics(self.state.metrics)
         self.run_dir.save_checkpoint(
             tensors,
@@ -177,8 +185,6 @@ class FederatedRun:
         tasks = [ClientTask(k, derive_seed(self.fed.seed, round_index, k), self._noise(k)) for k in sampled]
         results = self.clients.train(self, round_index, tasks)  # only the clients that answered
         trained = [k for k in sampled if k in results]
-        for client in trained:
-            self.charge(client, results[client].steps)
         if len(trained) < self.fed.min_clients_per_round:
             raise RunError(
                 f"round {round_index + 1}: only {len(trained)} of {len(sampled)} sampled clients answered, below "
@@ -191,13 +197,16 @@ class FederatedRun:
 
         aggregation_start = time.perf_counter()
         round_clip = self.client_dp.clip if self.client_dp is not None else None
+        if self.method.modifies_base:  # the server step changes the base weights in place
+            self.committed_base = {m.name: m.base_weight.clone() for m in self.method.modules}
         if self.client_dp is not None:
+            client_dp = replace(self.client_dp)  # privatize moves its clip and round count
             generator = noise_generator(self.recipe.privacy.secure_mode, derive_seed(self.fed.seed, round_index, "server-noise"))
-            self.global_state = self.client_dp.aggregate(self.method, self.global_state, uploads, round_index, generator)
+            global_state = client_dp.aggregate(self.method, self.global_state, uploads, round_index, generator)
         else:
-            self.global_state = self.method.aggregate(self.global_state, uploads, self._weights(trained), round_index)
+            global_state = self.method.aggregate(self.global_state, uploads, self._weights(trained), round_index)
         aggregation_seconds = time.perf_counter() - aggregation_start
-        load_adapter_state(self.model, self.global_state)
+        load_adapter_state(self.model, global_state)
 
         round_number = round_index + 1
         metrics = {
@@ -207,7 +216,7 @@ class FederatedRun:
             "train_loss": _mean_finite(losses),
             "eval_accuracy": None,
             "eval_loss": None,
-            "epsilon": self._epsilon(),
+            "epsilon": None,  # set when the round is committed
             "bytes_up": upload,
             "bytes_down": download,
             "client_seconds": client_seconds,
@@ -216,14 +225,22 @@ class FederatedRun:
         every = self.fed.eval_every
         if round_number == self.fed.rounds or (every and round_number % every == 0):
             eval_start = time.perf_counter()
-            scores = self._evaluate()
+            scores = self._evaluate(global_state)
             metrics["eval_accuracy"], metrics["eval_loss"] = scores["accuracy"], scores["loss"]
             metrics["eval_seconds"] = time.perf_counter() - eval_start
         if round_clip is not None:
             metrics["client_clip"] = round_clip
         metrics["seconds"] = time.perf_counter() - round_start
-        self.state.metrics.append(metrics)
-        self.state.rounds_done = round_number
+        with interrupts_deferred():  # commit the whole round at once: a checkpoint is all of it or none
+            for client in trained:
+                self.charge(client, results[client].steps)
+            self.global_state = global_state
+            if self.client_dp is not None:
+                self.client_dp = client_dp
+            self.committed_base = None
+            metrics["epsilon"] = self._epsilon()
+            self.state.metrics.append(metrics)
+            self.state.rounds_done = round_number
         self.reporter.round_finished(metrics)
 
     def charge(self, client: int, steps: int) -> None:
@@ -254,8 +271,8 @@ class FederatedRun:
             raw = torch.tensor([self.exp.client_sizes[k] for k in sampled], dtype=torch.float64)
         return raw / raw.sum()
 
-    def _evaluate(self) -> dict[str, float]:
-        load_adapter_state(self.model, self.global_state)
+    def _evaluate(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
+        load_adapter_state(self.model, state)
         return evaluate(self.model, self.exp.test_data, len(self.exp.label_names), self.fed.eval_batch_size)
 
     # ------------------------------------------------------------------------------- finish
@@ -267,7 +284,7 @@ class FederatedRun:
             self._verify_saved_adapter()
         last_eval = next((m for m in reversed(self.state.metrics) if m["eval_accuracy"] is not None), None)
         if last_eval is None or last_eval["round"] != self.state.rounds_done:
-            scores = self._evaluate()
+            scores = self._evaluate(self.global_state)
             final_accuracy, final_loss = scores["accuracy"], scores["loss"]
         else:
             final_accuracy, final_loss = last_eval["eval_accuracy"], last_eval["eval_loss"]

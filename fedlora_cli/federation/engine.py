@@ -26,7 +26,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from fedlora_cli.federation.client import ClientNoise, LocalTrainer
+from fedlora_cli.federation.client import ClientNoise, LocalResult, LocalTrainer
 from fedlora_cli.seeding import derive_seed
 from fedlora_cli.federation.clients import ClientRunner, ClientTask, InProcessClients
 from fedlora_cli.errors import RunError
@@ -190,6 +190,9 @@ class FederatedRun:
                 f"round {round_index + 1}: only {len(trained)} of {len(sampled)} sampled clients answered, below "
                 f"federation.min_clients_per_round={self.fed.min_clients_per_round}; the checkpoint is in {self.run_dir.path}"
             )
+        diverged = [k for k in trained if not _finite_result(results[k])]
+        if diverged:
+            raise self._diverged(round_index, f"clients {diverged} returned non-finite parameters or loss")
         uploads = [results[k].upload for k in trained]
         losses = [results[k].mean_loss for k in trained]
         client_seconds = time.perf_counter() - client_start
@@ -206,6 +209,8 @@ class FederatedRun:
         else:
             global_state = self.method.aggregate(self.global_state, uploads, self._weights(trained), round_index)
         aggregation_seconds = time.perf_counter() - aggregation_start
+        if not all(torch.isfinite(t).all() for t in global_state.values()):
+            raise self._diverged(round_index, "the aggregated adapter is not finite")
         load_adapter_state(self.model, global_state)
 
         round_number = round_index + 1
@@ -248,6 +253,13 @@ class FederatedRun:
         self.state.client_steps[client] += steps
         if self.plan is not None:
             self.plan.charge(client, steps)
+
+    def _diverged(self, round_index: int, what: str) -> RunError:
+        last = f"round {self.state.rounds_done}" if self.state.rounds_done else "none, the initial adapter"
+        return RunError(
+            f"round {round_index + 1}: training diverged ({what}); lower federation.lr (now {self.fed.lr}) and start "
+            f"a new run. No adapter was written; {self.run_dir.path} keeps the checkpoint of the last good round ({last})"
+        )
 
     def _noise(self, client: int) -> ClientNoise | None:
         if self.plan is None:
@@ -355,6 +367,13 @@ class FederatedRun:
             info["secure_mode"] = privacy.secure_mode
             info["epsilon_scope"] = EPSILON_SCOPE["client"]
         return info
+
+
+def _finite_result(result: LocalResult) -> bool:
+    """Finite uploaded tensors, and a finite loss whenever the client saw examples (a client whose
+    Poisson batches were all empty has no loss: NaN)."""
+    loss_ok = result.examples == 0 or math.isfinite(result.mean_loss)
+    return loss_ok and all(torch.isfinite(t).all() for t in result.upload.values())
 
 
 def _mean_finite(values: list[float]) -> float | None:

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from fedlora_cli.data.partition import partition
 from fedlora_cli.data.sources import TextDataset, load_datasets
 from fedlora_cli.errors import InputError
+from fedlora_cli.privacy.secure_random import secure_mode_problem
 from fedlora_cli.recipe import (
     DataConfig,
     FederationConfig,
@@ -71,6 +72,8 @@ def check_recipe(name_or_path: str | None, overrides: list[str] | None = None) -
         problems += exc.problems
     if recipe is not None:
         data_cfg, fed, part = recipe.data, recipe.federation, recipe.partition
+        if recipe.privacy.level != "none" and recipe.privacy.secure_mode and secure_mode_problem():
+            problems.append(secure_mode_problem())
     else:
         data_cfg = _section(DataConfig, tree, "data")
         if data_cfg is not None:

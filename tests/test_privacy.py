@@ -343,7 +343,26 @@ def test_client_noise_std_matches_sigma_c_over_m_on_zero_updates():
     assert float(sample.std()) != pytest.approx(sigma * clip / math.sqrt(m), rel=0.01)
 
 
-def test_client_noise_is_reproducible_from_the_seed_and_fresh_in_secure_mode():
+@pytest.fixture
+def urandom_csprng(monkeypatch):
+    """torchcsprng when installed; otherwise a stand-in whose generators are seeded from
+    os.urandom, enough to test that secure mode ignores the seed (tests/test_secure_mode.py
+    checks that fedlora itself refuses secure mode without torchcsprng)."""
+    import os
+    import sys
+    import types
+
+    try:
+        import torchcsprng  # noqa: F401
+    except ImportError:
+        fake = types.ModuleType("torchcsprng")
+        fake.create_random_device_generator = lambda device: torch.Generator().manual_seed(
+            int.from_bytes(os.urandom(8), "little") >> 1
+        )
+        monkeypatch.setitem(sys.modules, "torchcsprng", fake)
+
+
+def test_client_noise_is_reproducible_from_the_seed_and_fresh_in_secure_mode(urandom_csprng):
     from fedlora_cli.privacy.client_level import noise_generator
 
     dp = make_client_dp(noise=1.0)
@@ -359,7 +378,7 @@ def test_client_noise_is_reproducible_from_the_seed_and_fresh_in_secure_mode():
     assert float(c.double().std()) == pytest.approx(1.0 / 4, rel=0.5)
 
 
-def test_secure_mode_dp_sgd_noise_is_not_determined_by_the_seed(tiny_model_dir):
+def test_secure_mode_dp_sgd_noise_is_not_determined_by_the_seed(tiny_model_dir, urandom_csprng):
     """secure_mode: same seed, different noise (and batches); off: bit-identical (resumable)."""
     from fedlora_cli.federation.client import ClientNoise, LocalTrainer
     from fedlora_cli.federation.experiment import build_model

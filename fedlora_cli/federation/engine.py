@@ -19,6 +19,7 @@ are left out of the aggregation and of the accounting, as long as at least
 from __future__ import annotations
 
 import math
+import secrets
 import time
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -158,7 +159,9 @@ class FederatedRun:
     # ------------------------------------------------------------------------------- rounds
     def sample_clients(self, round_index: int) -> list[int]:
         secret = self.client_dp is not None and self.client_dp.secure_mode  # client sampling amplifies client-level DP
-        rng = np.random.default_rng(None if secret else derive_seed(self.fed.seed, round_index, "sample"))
+        if secret:  # from the OS's CSPRNG, like the noise
+            return sorted(secrets.SystemRandom().sample(range(self.fed.clients), self.fed.clients_per_round))
+        rng = np.random.default_rng(derive_seed(self.fed.seed, round_index, "sample"))
         return sorted(rng.choice(self.fed.clients, size=self.fed.clients_per_round, replace=False).tolist())
 
     def _round(self, round_index: int) -> None:

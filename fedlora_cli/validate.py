@@ -72,8 +72,13 @@ def check_recipe(name_or_path: str | None, overrides: list[str] | None = None) -
         problems += exc.problems
     if recipe is not None:
         data_cfg, fed, part = recipe.data, recipe.federation, recipe.partition
-        if recipe.privacy.level != "none" and recipe.privacy.secure_mode and secure_mode_problem():
+        privacy = recipe.privacy
+        if privacy.level != "none" and privacy.secure_mode and secure_mode_problem():
             problems.append(secure_mode_problem())
+        if privacy.level != "none" and privacy.target_epsilon is not None and privacy.accountant == "gdp":
+            from fedlora_cli.privacy.accountants import gdp_calibration_refusal  # loads opacus: only here
+
+            problems.append(gdp_calibration_refusal())
     else:
         data_cfg = _section(DataConfig, tree, "data")
         if data_cfg is not None:

@@ -106,11 +106,17 @@ def test_accountant_cli_refuses_gdp_for_a_target_and_all_calibrates_with_upper_b
     assert "underestimate" in reported.stdout
 
 
-def test_a_recipe_calibrating_with_gdp_is_refused(tiny_recipe, fresh_cache):
-    result = CliRunner().invoke(app, ["accountant", "--recipe", str(tiny_recipe), "privacy.accountant=gdp"])
+@pytest.mark.parametrize("command", [["accountant", "--recipe"], ["train"]])
+def test_a_recipe_calibrating_with_gdp_is_refused_before_anything_is_written(tiny_recipe, tmp_path, fresh_cache, command):
+    out = ["--out", str(tmp_path / "run")] if command == ["train"] else []
+    result = CliRunner().invoke(app, [*command, str(tiny_recipe), "privacy.accountant=gdp", *out])
     assert result.exit_code == 2, result.output
     assert "privacy.accountant=gdp cannot calibrate noise" in result.stderr
-    fixed = CliRunner().invoke(
-        app, ["accountant", "--recipe", str(tiny_recipe), "privacy.accountant=gdp", "privacy.target_epsilon=null", "privacy.noise_multiplier=1.0", "--json"]
-    )
-    assert fixed.exit_code == 0, fixed.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_gdp_still_reports_epsilon_for_a_recipe_with_a_fixed_noise_multiplier(tiny_recipe, fresh_cache):
+    fixed = ["privacy.accountant=gdp", "privacy.target_epsilon=null", "privacy.noise_multiplier=1.0"]
+    result = CliRunner().invoke(app, ["accountant", "--recipe", str(tiny_recipe), *fixed, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["calibrated_with"] == "gdp"

@@ -105,9 +105,12 @@ def _read_cache(path: Path) -> dict:
     return cache if isinstance(cache, dict) else {}
 
 
-def gdp_calibration_refusal(setting: str, noise_setting: str) -> str:
+def gdp_calibration_refusal(
+    setting: str = "privacy.accountant=gdp",
+    noise_setting: str = "privacy.noise_multiplier (with privacy.target_epsilon=null)",
+) -> str:
     """Why noise is never calibrated with ``gdp`` (``setting``, ``noise_setting``: how the caller
-    spells choosing gdp and giving a fixed noise multiplier)."""
+    spells choosing gdp and giving a fixed noise multiplier; a recipe's keys by default)."""
     return (
         f"{setting} cannot calibrate noise to a target epsilon: its central-limit approximation "
         "can underestimate epsilon (the gdp noise for epsilon 3 at q=0.01, T=1000 is 0.742, which spends 3.88 "
@@ -127,7 +130,7 @@ def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, ste
     re-verified it; anything else is recalibrated and the cache entry rewritten.
     """
     if accountant not in CALIBRATION_ACCOUNTANTS:
-        raise InputError(gdp_calibration_refusal("privacy.accountant=gdp", "privacy.noise_multiplier (with privacy.target_epsilon=null)"))
+        raise InputError(gdp_calibration_refusal())
     key = f"opacus={opacus.__version__}|{accountant}|eps={target_epsilon!r}|delta={delta!r}|q={sample_rate!r}|T={steps}|tol={CALIBRATION_TOLERANCE}"
     if key not in _CALIBRATIONS:
         path = _cache_path()

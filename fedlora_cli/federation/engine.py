@@ -9,6 +9,8 @@ A checkpoint is a consistent cut: a round computes into locals and commits the c
 charges, the global (and base) tensors, the client-level DP state, its metrics and ``rounds_done``
 together at its end, with Ctrl-C held back during the commit; an interrupt anywhere else saves
 the last complete round, which resume then repeats from the same seeds (no step is charged twice).
+The one exception is a round abandoned because too few clients answered: the clients that did
+answer stay charged, since their updates reached the server.
 
 Who trains a round's sampled clients is a seam (:mod:`~fedlora_cli.federation.clients`): this
 process by default, Flower SuperNodes with :mod:`fedlora_cli.flower`. Clients that do not answer
@@ -189,6 +191,8 @@ class FederatedRun:
         results = self.clients.train(self, round_index, tasks)  # only the clients that answered
         trained = [k for k in sampled if k in results]
         if len(trained) < self.fed.min_clients_per_round:
+            for client in trained:  # their updates reached the server: charged, though the round is abandoned
+                self.charge(client, results[client].steps)
             raise RunError(
                 f"round {round_index + 1}: only {len(trained)} of {len(sampled)} sampled clients answered, below "
                 f"federation.min_clients_per_round={self.fed.min_clients_per_round}; the checkpoint is in {self.run_dir.path}"

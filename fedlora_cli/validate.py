@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from fedlora_cli.data.partition import partition
 from fedlora_cli.data.sources import BUILTIN_SOURCES, TextDataset, load_datasets
 from fedlora_cli.errors import InputError
+from fedlora_cli.privacy.secure_random import secure_mode_problem
 from fedlora_cli.recipe import (
     DataConfig,
     FederationConfig,
@@ -133,6 +134,13 @@ def check_recipe(name_or_path: str | None, overrides: list[str] | None = None) -
         problems += exc.problems
     if recipe is not None:
         data_cfg, fed, part = recipe.data, recipe.federation, recipe.partition
+        privacy = recipe.privacy
+        if privacy.level != "none" and privacy.secure_mode and secure_mode_problem():
+            problems.append(secure_mode_problem())
+        if privacy.level != "none" and privacy.target_epsilon is not None and privacy.accountant == "gdp":
+            from fedlora_cli.privacy.accountants import gdp_calibration_refusal  # loads opacus: only here
+
+            problems.append(gdp_calibration_refusal())
     else:
         data_cfg = _section(DataConfig, tree, "data")
         if data_cfg is not None:

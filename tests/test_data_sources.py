@@ -142,6 +142,49 @@ def test_unsupported_suffix_and_single_label(tmp_path):
     assert "only one label" in text
 
 
+# ------------------------------------------- files read as streams by csv/json, not line by line
+def test_jsonl_strings_may_hold_unicode_line_separators_and_form_feeds(tmp_path):
+    texts = ["first\u2028second", "para\u2029graph", "next\x85line", "page\x0cbreak", "tab\there"]
+    rows = [{"text": t, "label": "ab"[i % 2]} for i, t in enumerate(texts)]
+    path = write(tmp_path / "d.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    assert "\u2028" in path.read_text(encoding="utf-8")  # raw in the file, as JSON allows
+    data = load_labeled_file(path, DataConfig(), ["a", "b"])
+    assert data.texts == texts and data.labels == [0, 1, 0, 1, 0]
+
+
+def test_csv_quoted_fields_keep_newlines_form_feeds_and_commas(tmp_path):
+    path = write(tmp_path / "d.csv", 'text,label\n"two\nlines",a\n"page\x0cbreak",b\n"x, y and ""z""",a\nplain,b\n')
+    data = load_labeled_file(path, DataConfig(), ["a", "b"])
+    assert data.texts == ["two\nlines", "page\x0cbreak", 'x, y and "z"', "plain"]
+    assert data.labels == [0, 1, 0, 1]
+
+
+def test_rows_after_a_multiline_field_are_numbered_by_their_line(tmp_path):
+    path = write(tmp_path / "d.csv", 'text,label\n"two\nlines",a\n,b\n')
+    assert f"{path}, row 4: column 'text' is empty" in error_of(DataConfig(source=str(path)))
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ("hello, world,a", "row 3: 3 fields, but the header has 2 (text, label); quote a field that contains a comma"),
+        ("lonely", "row 3: 1 field, but the header has 2 (text, label)"),
+        ('"never closed,a\nbye,b', "not valid CSV (unexpected end of data)"),
+    ],
+)
+def test_a_csv_row_that_does_not_fit_the_header_is_reported(tmp_path, row, message):
+    path = write(tmp_path / "d.csv", f"text,label\nfine,b\n{row}\n")
+    assert f"{path}, " in error_of(DataConfig(source=str(path))) and message in error_of(DataConfig(source=str(path)))
+
+
+def test_a_duplicate_header_is_reported_as_such(tmp_path):
+    path = write(tmp_path / "d.csv", "text,label,label\nhello,a,b\nbye,b,a\n")
+    assert f"{path}: the header names 'label' more than once" in error_of(DataConfig(source=str(path)))
+    headerless = write(tmp_path / "h.csv", "hello,a\nbye,b\n")
+    text = error_of(DataConfig(source=str(headerless), column_names=["text", "text"]))
+    assert "data.column_names names 'text' more than once" in text
+
+
 def test_check_recipe_reports_data_problem_with_recipe_source(tmp_path):
     bad = write(tmp_path / "bad.csv", "words,label\nx,a\n")
     recipe = write(tmp_path / "r.yaml", f"data: {{source: {bad}}}\nfederation: {{clients: 2, clients_per_round: 1}}\n")

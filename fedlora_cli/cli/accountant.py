@@ -63,12 +63,13 @@ def accountant(
     steps: Optional[int] = typer.Option(None, "--steps", "-t", help="number of steps T"),
     delta: Optional[float] = typer.Option(None, "--delta", "-d", help=f"delta (default {DEFAULT_DELTA})"),
     accountant_name: Optional[str] = typer.Option(
-        None, "--accountant", "-a", help="rdp, prv, gdp or all (side by side); default rdp, or the recipe's"
+        None, "--accountant", "-a", help="rdp, prv, gdp (epsilon only) or all (side by side); default rdp, or the recipe's"
     ),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="plan this recipe (file or builtin name)"),
     json_output: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
 ) -> None:
     # torch, transformers and opacus load when the command runs, so `fedlora --help` is fast
+    from fedlora_cli.privacy.accountants import CALIBRATION_ACCOUNTANTS
     from fedlora_cli.privacy.planning import accountant_list, direct_plan, recipe_plan
 
     overrides = list(overrides or [])
@@ -85,13 +86,16 @@ def accountant(
         doc = recipe_plan(checked.recipe, sizes, accountants)
         doc["recipe_file"] = str(checked.source)
     else:
+        accountants = accountant_list(accountant_name or "rdp")
+        if target_epsilon is not None and accountant_name == "all":
+            accountants = list(CALIBRATION_ACCOUNTANTS)  # gdp reports epsilon but does not calibrate
         doc = direct_plan(
             noise_multiplier=noise_multiplier,
             target_epsilon=target_epsilon,
             sample_rate=sample_rate,
             steps=steps,
             delta=DEFAULT_DELTA if delta is None else delta,
-            accountants=accountant_list(accountant_name or "rdp"),
+            accountants=accountants,
         )
     if wants_json(json_output):
         typer.echo(json.dumps(_json_ready(doc)))

@@ -2,8 +2,11 @@
 Hugging Face ``datasets`` directories saved with ``save_to_disk``.
 
 Every source yields a train and a test :class:`TextDataset` whose labels are integers indexing
-``label_names``. Problems with a file (missing, empty, unknown column, undecodable line,
-labels only in test) raise :class:`~fedlora_cli.errors.InputError` naming the file and the fix.
+``label_names``. Files are parsed by the csv and json modules on the whole text (quoted CSV
+fields keep their line breaks; JSON strings their U+2028 or form feeds), not split into lines
+first. Problems with a file (missing, empty, unknown or repeated column, a row whose field count
+differs from the header, undecodable line, labels only in test) raise
+:class:`~fedlora_cli.errors.InputError` naming the file, the row and the fix.
 
 A saved ``Dataset`` is used like a file (``data.test_fraction`` is held out). A saved
 ``DatasetDict`` must have a ``train`` split; its ``test`` split (else ``validation``) is the
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,7 +174,7 @@ def read_bbc_news() -> RawRows:
     return RawRows(texts, None, labels)
 
 
-def _read_lines(path: Path) -> list[str]:
+def _read_text(path: Path) -> str:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -182,13 +186,13 @@ def _read_lines(path: Path) -> list[str]:
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise InputError(f"{path}, line {line}: not valid UTF-8 (byte {exc.start}); re-save the file as UTF-8") from None
-    lines = text.splitlines()
-    if not any(line.strip() for line in lines):
+    if not text.strip():
         raise InputError(f"data file is empty: {path}")
-    return lines
+    return text
 
 
-def _column(rows: list[dict], name: str, key: str, path: Path, available: list[str]) -> list[str]:
+def _column(rows: list[dict], lines: list[int], name: str, key: str, path: Path, available: list[str]) -> list[str]:
+    """Column ``name`` of every row (``lines``: where each row starts in the file)."""
     if name not in available:
         from fedlora_cli.recipe import _did_you_mean
 
@@ -197,45 +201,81 @@ def _column(rows: list[dict], name: str, key: str, path: Path, available: list[s
             f"columns: {', '.join(available)}"
         )
     values = []
-    for number, row in enumerate(rows, start=2):
+    for line, row in zip(lines, rows):
         value = row.get(name)
         if value is None or (isinstance(value, str) and not value.strip()):
-            raise InputError(f"{path}, row {number}: column '{name}' is empty")
+            raise InputError(f"{path}, row {line}: column '{name}' is empty")
         values.append(str(value))
     return values
+
+
+def _jsonl_rows(text: str, path: Path) -> tuple[list[dict], list[int]]:
+    """JSON Lines: one JSON object per ``\\n``-terminated line; inside a JSON string any other
+    character (U+2028, a form feed, ...) is text, not a line break."""
+    rows, lines = [], []
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{path}, line {number}: expected a JSON object per line")
+        rows.append(row)
+        lines.append(number)
+    return rows, lines
+
+
+def _delimited_rows(text: str, path: Path, column_names: list[str] | None, tsv: bool) -> tuple[list[dict], list[int], list[str]]:
+    """CSV (RFC 4180 quoting: a quoted field may hold the delimiter, quotes and line breaks) or
+    TSV (no quoting); rows, the line each starts on, and the header. Every row must have exactly
+    as many fields as the header, whose names must be unique."""
+    delimiter = "\t" if tsv else ","
+    reader = csv.reader(
+        io.StringIO(text, newline=""), delimiter=delimiter, quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL, strict=True
+    )
+    kind = "TSV" if tsv else "CSV"
+    try:
+        header = list(column_names) if column_names else next(values for values in reader if values)
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        if repeated:
+            where = "data.column_names" if column_names else f"{path}: the header"
+            raise InputError(f"{where} names {', '.join(map(repr, repeated))} more than once; give every column its own name")
+        rows, lines = [], []
+        start = reader.line_num + 1
+        for values in reader:
+            if values and not (len(values) == 1 and not values[0].strip()):  # skip blank lines
+                if len(values) != len(header):
+                    hint = "" if tsv else "; quote a field that contains a comma"
+                    raise InputError(
+                        f"{path}, row {start}: {len(values)} field{'s' * (len(values) != 1)}, but the header has {len(header)} "
+                        f"({', '.join(header)}){hint}"
+                    )
+                rows.append(dict(zip(header, values)))
+                lines.append(start)
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise InputError(f"{path}, line {reader.line_num}: not valid {kind} ({exc})") from None
+    return rows, lines, header
 
 
 def read_table(path: Path, cfg: DataConfig) -> RawRows:
     """Read a CSV/TSV (header row, or ``data.column_names``) or JSON-lines file."""
     suffix = path.suffix.lower()
-    lines = _read_lines(path)
-    if suffix == ".jsonl":
-        rows = []
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{path}, line {number}: expected a JSON object per line")
-            rows.append(row)
-        available = sorted({key for row in rows for key in row})
-    elif suffix in {".csv", ".tsv"}:
-        delimiter = "\t" if suffix == ".tsv" else ","
-        quoting = csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL
-        reader = csv.reader(lines, delimiter=delimiter, quoting=quoting)
-        header = cfg.column_names or next(reader)
-        rows = [dict(zip(header, values)) for values in reader if values]
-        available = list(header)
-    else:
+    if suffix not in {".csv", ".tsv", ".jsonl"}:
         raise InputError(f"data file {path}: unsupported type '{suffix}'; use .csv, .tsv or .jsonl")
+    text = _read_text(path)
+    if suffix == ".jsonl":
+        rows, lines = _jsonl_rows(text, path)
+        available = sorted({key for row in rows for key in row})
+    else:
+        rows, lines, available = _delimited_rows(text, path, cfg.column_names, tsv=suffix == ".tsv")
     if not rows:
         raise InputError(f"data file has a header but no rows: {path}")
-    texts = _column(rows, cfg.text_column, "text_column", path, available)
-    pairs = _column(rows, cfg.text_pair_column, "text_pair_column", path, available) if cfg.text_pair_column else None
-    labels = _column(rows, cfg.label_column, "label_column", path, available)
+    texts = _column(rows, lines, cfg.text_column, "text_column", path, available)
+    pairs = _column(rows, lines, cfg.text_pair_column, "text_pair_column", path, available) if cfg.text_pair_column else None
+    labels = _column(rows, lines, cfg.label_column, "label_column", path, available)
     return RawRows(texts, pairs, labels)
 
 

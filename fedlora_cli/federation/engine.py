@@ -5,6 +5,13 @@ batches, DP noise and dropout) is drawn from generators seeded by ``(seed, t, cl
 (:func:`~fedlora_cli.seeding.derive_seed`), so a run resumed from the checkpoint
 after round t continues bit-identically to one that never stopped (on CPU, secure_mode off).
 
+A checkpoint is a consistent cut: a round computes into locals and commits the clients' step
+charges, the global (and base) tensors, the client-level DP state, its metrics and ``rounds_done``
+together at its end, with Ctrl-C held back during the commit; an interrupt anywhere else saves
+the last complete round, which resume then repeats from the same seeds (no step is charged twice).
+The one exception is a round abandoned because too few clients answered: the clients that did
+answer stay charged, since their updates reached the server.
+
 Who trains a round's sampled clients is a seam (:mod:`~fedlora_cli.federation.clients`): this
 process by default, Flower SuperNodes with :mod:`fedlora_cli.flower`. Clients that do not answer
 are left out of the aggregation and of the accounting, as long as at least
@@ -15,19 +22,20 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
 import torch
 
-from fedlora_cli.federation.client import ClientNoise, LocalTrainer
+from fedlora_cli.federation.client import ClientNoise, LocalResult, LocalTrainer
 from fedlora_cli.seeding import derive_seed
 from fedlora_cli.federation.clients import ClientRunner, ClientTask, InProcessClients
 from fedlora_cli.errors import RunError
 from fedlora_cli.federation.artifacts import load_adapter_model
 from fedlora_cli.federation.evaluate import collapsed, evaluate, majority_baseline, predict_logits
 from fedlora_cli.federation.experiment import Experiment
+from fedlora_cli.federation.interrupts import interrupts_deferred
 from fedlora_cli.federation.run_dir import RunDir
 from fedlora_cli.methods.base import tensor_bytes
 from fedlora_cli.models import adapter_state, load_adapter_state
@@ -76,6 +84,8 @@ class FederatedRun:
         )
         self.trainer = LocalTrainer(self.model, self.fed, private=self.plan is not None)
         self.global_state = adapter_state(self.model)
+        self.committed_base: dict[str, torch.Tensor] | None = None  # base weights while a round changes them
+        self.committed_optimizer: dict[str, torch.Tensor] | None = None  # server optimizer state, likewise
         self.state = RunState(client_steps=[0] * self.fed.clients)
         self.clients = clients if clients is not None else InProcessClients()  # who trains the sampled clients
         self.last_scores: tuple[int, dict] = (-1, {})  # (round, full scores) of the latest evaluation
@@ -140,9 +150,10 @@ class FederatedRun:
     def save_checkpoint(self) -> None:
         tensors = dict(self.global_state)
         if self.method.server_optimizer is not None:
-            tensors.update(self.method.server_optimizer.state(SERVER_PREFIX))
+            tensors.update(self.committed_optimizer or self.method.server_optimizer.state(SERVER_PREFIX))
         if self.method.modifies_base:
-            tensors.update({BASE_PREFIX + m.name: m.base_weight for m in self.method.modules})
+            base = self.committed_base or {m.name: m.base_weight for m in self.method.modules}
+            tensors.update({BASE_PREFIX + name: weight for name, weight in base.items()})
         self.run_dir.write_metrics(self.state.metrics)
         self.run_dir.save_checkpoint(
             tensors,
@@ -190,13 +201,16 @@ class FederatedRun:
         tasks = [ClientTask(k, derive_seed(self.fed.seed, round_index, k), self._noise(k)) for k in sampled]
         results = self.clients.train(self, round_index, tasks) if tasks else {}  # only the clients that answered
         trained = [k for k in sampled if k in results]
-        for client in trained:
-            self.charge(client, results[client].steps)
         if len(trained) < min(self.fed.min_clients_per_round, len(sampled)):  # Poisson may sample fewer
+            for client in trained:  # their updates reached the server: charged, though the round is abandoned
+                self.charge(client, results[client].steps)
             raise RunError(
                 f"round {round_index + 1}: only {len(trained)} of {len(sampled)} sampled clients answered, below "
                 f"federation.min_clients_per_round={self.fed.min_clients_per_round}; the checkpoint is in {self.run_dir.path}"
             )
+        diverged = [k for k in trained if not _finite_result(results[k])]
+        if diverged:
+            raise self._diverged(round_index, f"clients {diverged} returned non-finite parameters or loss")
         uploads = [results[k].upload for k in trained]
         losses = [results[k].mean_loss for k in trained]
         client_seconds = time.perf_counter() - client_start
@@ -204,13 +218,20 @@ class FederatedRun:
 
         aggregation_start = time.perf_counter()
         round_clip = self.client_dp.clip if self.client_dp is not None else None
+        if self.method.modifies_base:  # the server step changes the base weights in place
+            self.committed_base = {m.name: m.base_weight.clone() for m in self.method.modules}
+        if self.method.server_optimizer is not None:  # its step replaces (never edits) the state tensors
+            self.committed_optimizer = self.method.server_optimizer.state(SERVER_PREFIX)
         if self.client_dp is not None:
+            client_dp = replace(self.client_dp)  # privatize moves its clip and round count
             generator = noise_generator(self.recipe.privacy.secure_mode, derive_seed(self.fed.seed, round_index, "server-noise"))
-            self.global_state = self.client_dp.aggregate(self.method, self.global_state, uploads, round_index, generator)
+            global_state = client_dp.aggregate(self.method, self.global_state, uploads, round_index, generator)
         else:
-            self.global_state = self.method.aggregate(self.global_state, uploads, self._weights(trained), round_index)
+            global_state = self.method.aggregate(self.global_state, uploads, self._weights(trained), round_index)
         aggregation_seconds = time.perf_counter() - aggregation_start
-        load_adapter_state(self.model, self.global_state)
+        if not all(torch.isfinite(t).all() for t in global_state.values()):
+            raise self._diverged(round_index, "the aggregated adapter is not finite")
+        load_adapter_state(self.model, global_state)
 
         round_number = round_index + 1
         metrics = {
@@ -221,7 +242,7 @@ class FederatedRun:
             "eval_accuracy": None,
             "eval_macro_f1": None,
             "eval_loss": None,
-            "epsilon": self._epsilon(),
+            "epsilon": None,  # set when the round is committed
             "bytes_up": upload,
             "bytes_down": download,
             "client_seconds": client_seconds,
@@ -230,7 +251,7 @@ class FederatedRun:
         every = self.fed.eval_every
         if round_number == self.fed.rounds or (every and round_number % every == 0):
             eval_start = time.perf_counter()
-            scores = self._evaluate()
+            scores = self._evaluate(global_state)
             self.last_scores = (round_number, scores)
             metrics["eval_accuracy"], metrics["eval_macro_f1"] = scores["accuracy"], scores["macro_f1"]
             metrics["eval_loss"] = scores["loss"]
@@ -238,8 +259,16 @@ class FederatedRun:
         if round_clip is not None:
             metrics["client_clip"] = round_clip
         metrics["seconds"] = time.perf_counter() - round_start
-        self.state.metrics.append(metrics)
-        self.state.rounds_done = round_number
+        with interrupts_deferred():  # commit the whole round at once: a checkpoint is all of it or none
+            for client in trained:
+                self.charge(client, results[client].steps)
+            self.global_state = global_state
+            if self.client_dp is not None:
+                self.client_dp = client_dp
+            self.committed_base = self.committed_optimizer = None
+            metrics["epsilon"] = self._epsilon()
+            self.state.metrics.append(metrics)
+            self.state.rounds_done = round_number
         self.reporter.round_finished(metrics)
 
     def charge(self, client: int, steps: int) -> None:
@@ -247,6 +276,13 @@ class FederatedRun:
         self.state.client_steps[client] += steps
         if self.plan is not None:
             self.plan.charge(client, steps)
+
+    def _diverged(self, round_index: int, what: str) -> RunError:
+        last = f"round {self.state.rounds_done}" if self.state.rounds_done else "none, the initial adapter"
+        return RunError(
+            f"round {round_index + 1}: training diverged ({what}); lower federation.lr (now {self.fed.lr}) and start "
+            f"a new run. No adapter was written; {self.run_dir.path} keeps the checkpoint of the last good round ({last})"
+        )
 
     def _noise(self, client: int) -> ClientNoise | None:
         if self.plan is None:
@@ -270,8 +306,8 @@ class FederatedRun:
             raw = torch.tensor([self.exp.client_sizes[k] for k in sampled], dtype=torch.float64)
         return raw / raw.sum()
 
-    def _evaluate(self) -> dict[str, float]:
-        load_adapter_state(self.model, self.global_state)
+    def _evaluate(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
+        load_adapter_state(self.model, state)
         return evaluate(self.model, self.exp.test_data, len(self.exp.label_names), self.fed.eval_batch_size)
 
     # ------------------------------------------------------------------------------- finish
@@ -283,7 +319,7 @@ class FederatedRun:
             self._verify_saved_adapter()
         evaluated_round, final = self.last_scores
         if evaluated_round != self.state.rounds_done:
-            final = self._evaluate()
+            final = self._evaluate(self.global_state)
         baseline = majority_baseline(self.exp.train.labels, self.exp.test_data.labels, len(self.exp.label_names))
         privacy = self.recipe.privacy
         private = self.plan is not None or self.client_dp is not None
@@ -370,6 +406,13 @@ def collapse_warning(summary: dict) -> str:
         f"{summary['final_macro_f1']:.4f}. Try more rounds or local steps, a smaller federation.lr, "
         "federation.server_optimizer=momentum, or a larger privacy.target_epsilon (see README, 'Defaults that learn')"
     )
+
+
+def _finite_result(result: LocalResult) -> bool:
+    """Finite uploaded tensors, and a finite loss whenever the client saw examples (a client whose
+    Poisson batches were all empty has no loss: NaN)."""
+    loss_ok = result.examples == 0 or math.isfinite(result.mean_loss)
+    return loss_ok and all(torch.isfinite(t).all() for t in result.upload.values())
 
 
 def _mean_finite(values: list[float]) -> float | None:

@@ -10,19 +10,24 @@ Layout::
     RUN_DIR/checkpoint/          state-<round>.safetensors + meta.json, for --resume
 
 Every file is written atomically (temporary file, fsync, rename), so a crash leaves either the
-old or the new version, never half of one.
+old or the new version, never half of one. Writes never follow a symlink: the temporary file is
+created new under a random name (``O_EXCL``), the rename replaces a link at the destination
+instead of writing through it, and a symlinked ``checkpoint/`` or ``adapter/`` directory, or a
+checkpoint ``meta.json`` that names a file outside ``checkpoint/``, is refused.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 
 from fedlora_cli.errors import InputError
 
@@ -32,15 +37,22 @@ SUMMARY_FILE = "summary.json"
 ADAPTER_DIR = "adapter"
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_META = "meta.json"
+STATE_FILE = re.compile(r"state-\d{5,}\.safetensors")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    """``path`` gets ``data`` or keeps its old content; a symlink at ``path`` is replaced, not followed."""
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -48,11 +60,16 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp))
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, save({k: v.detach().contiguous() for k, v in tensors.items()}))
+
+
+def refuse_symlink(path: Path) -> None:
+    """InputError if ``path`` is a symlink: fedlora does not write into, or read from, a linked place."""
+    if path.is_symlink():
+        raise InputError(
+            f"{path} is a symbolic link; fedlora never writes or reads run files through links "
+            "(one could point outside the run directory); remove it"
+        )
 
 
 class RunDir:
@@ -86,6 +103,8 @@ class RunDir:
         run = cls(Path(path))
         if not (run.path / RECIPE_FILE).is_file():
             raise InputError(f"{path}: not a fedlora run directory (no {RECIPE_FILE})")
+        for entry in (run.checkpoint_path, run.checkpoint_path / CHECKPOINT_META, run.adapter_path):
+            refuse_symlink(entry)
         return run
 
     # recipe, metrics, summary -------------------------------------------------------------
@@ -119,17 +138,17 @@ class RunDir:
 
     def save_adapter(self, peft_model, base_weights: dict[str, torch.Tensor] | None) -> None:
         """Save the PEFT adapter (and changed base weights) into ``adapter/`` atomically."""
-        tmp = self.path / f".{ADAPTER_DIR}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+        refuse_symlink(self.adapter_path)
+        tmp = Path(tempfile.mkdtemp(dir=self.path, prefix=f".{ADAPTER_DIR}."))  # new, never a planted link
         peft_model.save_pretrained(str(tmp))
         if base_weights:
             save_file({k: v.detach().contiguous() for k, v in base_weights.items()}, str(tmp / "base_weights.safetensors"))
-        old = self.path / f".{ADAPTER_DIR}.old"
-        shutil.rmtree(old, ignore_errors=True)
+        os.chmod(tmp, 0o755)
+        old = Path(tempfile.mkdtemp(dir=self.path, prefix=f".{ADAPTER_DIR}.old."))
         if self.adapter_path.exists():
-            os.replace(self.adapter_path, old)
+            os.replace(self.adapter_path, old)  # onto the new empty directory
         os.replace(tmp, self.adapter_path)
-        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(old)
 
     # checkpoint -----------------------------------------------------------------------------
     @property
@@ -138,6 +157,7 @@ class RunDir:
 
     def save_checkpoint(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         """Tensors to ``state-<round>.safetensors``, then the meta that points at it (atomic)."""
+        refuse_symlink(self.checkpoint_path)
         self.checkpoint_path.mkdir(exist_ok=True)
         state_name = f"state-{meta['rounds_done']:05d}.safetensors"
         atomic_save_tensors(self.checkpoint_path / state_name, tensors)
@@ -147,8 +167,19 @@ class RunDir:
                 stale.unlink()
 
     def load_checkpoint(self) -> tuple[dict[str, torch.Tensor], dict] | None:
+        """The checkpoint's tensors and meta; its ``state_file`` must be a ``state-NNNNN.safetensors``
+        file inside ``checkpoint/`` (InputError otherwise)."""
         meta_path = self.checkpoint_path / CHECKPOINT_META
+        refuse_symlink(self.checkpoint_path)
+        refuse_symlink(meta_path)
         if not meta_path.exists():
             return None
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        return load_file(str(self.checkpoint_path / meta["state_file"])), meta
+        state_file = meta.get("state_file") if isinstance(meta, dict) else None
+        if not isinstance(state_file, str) or not STATE_FILE.fullmatch(state_file):
+            raise InputError(
+                f"{meta_path}: state_file must name a state-NNNNN.safetensors file in {self.checkpoint_path} "
+                f"(got {str(state_file)[:80]!r}); the checkpoint is damaged, start a new run"
+            )
+        refuse_symlink(self.checkpoint_path / state_file)
+        return load_file(str(self.checkpoint_path / state_file)), meta

@@ -22,6 +22,7 @@ from opacus.accountants.utils import get_noise_multiplier
 from fedlora_cli.errors import InputError
 
 ACCOUNTANTS = ("rdp", "prv", "gdp")
+CALIBRATION_ACCOUNTANTS = ("rdp", "prv")  # upper bounds; gdp's CLT approximation can fall below the true epsilon
 CALIBRATION_TOLERANCE = 0.005
 PRV_EPS_ERROR = 0.01  # Opacus PRVAccountant.get_epsilon's default eps_error
 _CALIBRATIONS: dict[str, float] = {}  # in-process memo of calibrate_noise
@@ -98,25 +99,44 @@ def _cache_path() -> Path:
 
 def _read_cache(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        cache = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def gdp_calibration_refusal(
+    setting: str = "privacy.accountant=gdp",
+    noise_setting: str = "privacy.noise_multiplier (with privacy.target_epsilon=null)",
+) -> str:
+    """Why noise is never calibrated with ``gdp`` (``setting``, ``noise_setting``: how the caller
+    spells choosing gdp and giving a fixed noise multiplier; a recipe's keys by default)."""
+    return (
+        f"{setting} cannot calibrate noise to a target epsilon: its central-limit approximation "
+        "can underestimate epsilon (the gdp noise for epsilon 3 at q=0.01, T=1000 is 0.742, which spends 3.88 "
+        f"by the tight prv accountant); calibrate with prv (tight) or rdp, or give {noise_setting} "
+        "and let gdp report its approximate epsilon"
+    )
 
 
 def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp") -> float:
     """The smallest noise multiplier (within 0.5% in epsilon) whose epsilon stays at or below the target.
 
+    Only the accountants in ``CALIBRATION_ACCOUNTANTS`` calibrate; ``gdp`` is an InputError.
     The search takes seconds per call (Opacus's fractional RDP orders), so results are memoized
     in the process and in ``~/.cache/fedlora/noise_calibration.json`` (``FEDLORA_CACHE_DIR``
     overrides), keyed by every input and the Opacus version. A cached value is only ever used
-    for exactly the inputs it was computed for.
+    for exactly the inputs it was computed for, and only after :func:`_checked_cached_noise`
+    re-verified it; anything else is recalibrated and the cache entry rewritten.
     """
+    if accountant not in CALIBRATION_ACCOUNTANTS:
+        raise InputError(gdp_calibration_refusal())
     key = f"opacus={opacus.__version__}|{accountant}|eps={target_epsilon!r}|delta={delta!r}|q={sample_rate!r}|T={steps}|tol={CALIBRATION_TOLERANCE}"
     if key not in _CALIBRATIONS:
         path = _cache_path()
-        cached = _read_cache(path)
-        if key in cached:
-            _CALIBRATIONS[key] = float(cached[key])
+        cached = _checked_cached_noise(_read_cache(path).get(key), target_epsilon, delta, sample_rate, steps, accountant)
+        if cached is not None:
+            _CALIBRATIONS[key] = cached
         else:
             _CALIBRATIONS[key] = _search_noise(target_epsilon, delta, sample_rate, steps, accountant)
             try:
@@ -128,6 +148,18 @@ def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, ste
                 pass  # a read-only home only costs speed
     return _CALIBRATIONS[key]
 
+
+def _checked_cached_noise(value, target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float | None:
+    """A cached noise multiplier if it still keeps the search's promise, else None.
+
+    The search returns σ with ``target·(1 − CALIBRATION_TOLERANCE) ≤ ε(σ) ≤ target``; a cached σ
+    must be a finite positive number that satisfies the same (ε is recomputed, which is cheap).
+    A σ above target breaks privacy; one far below it wastes utility; anything else is malformed.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        return None
+    spent = epsilon(float(value), sample_rate, steps, delta, accountant)
+    return float(value) if target_epsilon * (1 - CALIBRATION_TOLERANCE) <= spent <= target_epsilon else None
 
 
 def _search_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:

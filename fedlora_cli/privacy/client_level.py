@@ -42,7 +42,6 @@ client's whole participation (all its data, every round), not a single example.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +49,7 @@ from opacus.optimizers.optimizer import _generate_noise
 
 from fedlora_cli.errors import InputError
 from fedlora_cli.privacy.accountants import calibrate_noise, epsilon
+from fedlora_cli.privacy.secure_random import secure_mode_problem
 
 State = dict[str, torch.Tensor]
 
@@ -119,20 +119,20 @@ def effective_noise_multiplier(update_multiplier: float, count_stddev: float | N
 
 
 def noise_generator(secure_mode: bool, seed: int) -> torch.Generator:
-    """The generator for server noise.
+    """The generator for DP noise and secret sampling.
 
     Normally seeded with ``seed`` (reproducible, resumable). With ``secure_mode`` the seed is
-    ignored: torchcsprng's ``/dev/urandom`` generator when installed (what Opacus's
-    PrivacyEngine uses), else a torch generator seeded from 64 bits of ``os.urandom``; the
-    samples are then drawn with Opacus's floating-point-attack-resistant sampler.
+    ignored: torchcsprng's ``/dev/urandom`` generator (what Opacus's PrivacyEngine uses), the
+    samples then drawn with Opacus's floating-point-attack-resistant sampler; without
+    torchcsprng secure mode is an InputError (:func:`secure_mode_problem`), never a fallback.
     """
     if secure_mode:
-        try:
-            import torchcsprng  # type: ignore[import-not-found]
+        problem = secure_mode_problem()
+        if problem:
+            raise InputError(problem)
+        import torchcsprng  # type: ignore[import-not-found]
 
-            return torchcsprng.create_random_device_generator("/dev/urandom")
-        except ImportError:
-            return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+        return torchcsprng.create_random_device_generator("/dev/urandom")
     return torch.Generator().manual_seed(seed)
 
 

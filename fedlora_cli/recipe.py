@@ -361,7 +361,7 @@ def resolve_recipe_path(name_or_path: str | None) -> Path:
         return builtins[name_or_path]
     hint = _did_you_mean(name_or_path, list(builtins))
     raise InputError(
-        f"no recipe file or builtin recipe named '{name_or_path}'{hint}; "
+        f"no recipe file or builtin recipe named '{name_or_path}'{hint} (no file {path.resolve()}); "
         f"builtin recipes: {', '.join(builtins)} (see `fedlora recipes list`)"
     )
 

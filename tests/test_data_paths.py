@@ -72,3 +72,10 @@ def test_eval_data_file_missing(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["eval", "run", "--data", "other.csv"])
     assert result.exit_code == 2
     assert f"--data other.csv: not found (looked for {tmp_path / 'other.csv'})" in result.stderr
+
+
+def test_a_missing_recipe_file_shows_the_absolute_path_looked_for(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["train", "recipes/mine.yaml"])
+    assert result.exit_code == 2
+    assert str(tmp_path / "recipes" / "mine.yaml") in result.output.replace("\n", "")

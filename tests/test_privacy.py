@@ -463,7 +463,7 @@ def test_client_level_epsilon_is_that_of_a_poisson_sampled_gaussian_in_dp_accoun
     assert dp.epsilon(rounds) == pytest.approx(expected, rel=0.02)
 
 
-def test_client_level_sampling_is_poisson_at_rate_q():
+def test_client_level_sampling_is_poisson_at_rate_q(urandom_csprng):
     """Each client independently with probability q: the count is Binomial(K, q) (variance
     Kq(1−q), not 0 as for exactly m), empty rounds happen at rate (1−q)^K, reproducible from
     the seed, secret in secure_mode."""
@@ -545,7 +545,7 @@ def test_server_update_only_sees_the_noised_mean():
         def is_trainable(self, key):
             return True
 
-        def server_update(self, global_state, mean, uploads, weights, round_index):
+        def server_step(self, global_state, mean, uploads, weights, round_index):  # server optimizer + update
             seen["mean"], seen["uploads"], seen["weights"] = mean, uploads, weights
             return {**global_state, **mean}
 

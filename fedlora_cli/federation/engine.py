@@ -37,7 +37,7 @@ from fedlora_cli.federation.evaluate import collapsed, evaluate, majority_baseli
 from fedlora_cli.federation.experiment import Experiment
 from fedlora_cli.federation.interrupts import interrupts_deferred
 from fedlora_cli.federation.run_dir import RunDir
-from fedlora_cli.methods.base import tensor_bytes
+from fedlora_cli.methods.base import restore_base_weights, tensor_bytes
 from fedlora_cli.models import adapter_state, load_adapter_state
 from fedlora_cli.privacy.client_level import EPSILON_SCOPE, ClientLevelDP, noise_generator
 from fedlora_cli.privacy.sample_level import SampleLevelPlan
@@ -122,17 +122,16 @@ class FederatedRun:
         if loaded is None:
             return
         tensors, meta = loaded
-        self.global_state = {k: v for k, v in tensors.items() if not k.startswith((BASE_PREFIX, SERVER_PREFIX))}
+        adapter = {k: v for k, v in tensors.items() if not k.startswith((BASE_PREFIX, SERVER_PREFIX))}
+        # the model's own key order (a checkpoint file sorts its keys): noise is drawn tensor by tensor
+        self.global_state = {**{k: adapter[k] for k in self.global_state if k in adapter}, **adapter}
         if self.method.server_optimizer is not None:
             self.method.server_optimizer.load_state(
                 {k: v for k, v in tensors.items() if k.startswith(SERVER_PREFIX)}, SERVER_PREFIX
             )
         base = {k.removeprefix(BASE_PREFIX): v for k, v in tensors.items() if k.startswith(BASE_PREFIX)}
         if base:
-            by_name = {module.name: module for module in self.method.modules}
-            with torch.no_grad():
-                for name, value in base.items():
-                    by_name[name].base_weight.copy_(value)
+            restore_base_weights(self.method.modules, base, str(self.run_dir.checkpoint_path))
         self.state = RunState(
             rounds_done=meta["rounds_done"],
             metrics=self.run_dir.read_metrics()[: meta["rounds_done"]],

@@ -1,8 +1,9 @@
 """Round-by-round reporting: a live Rich table on a terminal, JSON lines otherwise.
 
 The Rich table goes to stdout and notes to stderr; with ``--json`` (or when stdout is not a
-terminal) stdout carries exactly one JSON object per round plus one final summary object,
-each with a ``"type"`` field (``"round"`` or ``"summary"``), and nothing decorative.
+terminal) stdout carries only JSON objects, each with a ``"type"`` field: the recipe's
+``"warning"`` objects before round 1 (printed by the CLI), one ``"round"`` object per round and a
+final ``"summary"``; nothing decorative.
 """
 
 from __future__ import annotations

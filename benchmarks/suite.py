@@ -54,7 +54,7 @@ def derive_agnews_imbalanced(out: Path) -> tuple[Path, Path]:
         with path.open("w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\")
             writer.writerow(["text", "label"])
-            writer.writerows(sorted(world + tech, key=rows.index))
+            writer.writerows(sorted(world + tech, key=rows.index))  # file order (repeated rows together)
         paths.append(path)
     return paths[0], paths[1]
 
@@ -81,21 +81,26 @@ def task_overrides(task: str, out: Path) -> list[str]:
 PRIVACY = {"none": ["privacy.level=none"], "6": ["privacy.target_epsilon=6"], "3": ["privacy.target_epsilon=3"]}
 
 
+def finished(run_dir: Path) -> dict | None:
+    summary = run_dir / "summary.json"
+    return json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else None
+
+
 def run_one(run_dir: Path, overrides: list[str], threads: int) -> dict | None:
     """One `fedlora train` run (or its summary if it already finished)."""
-    summary = run_dir / "summary.json"
-    if summary.is_file():
-        return json.loads(summary.read_text(encoding="utf-8"))
+    done = finished(run_dir)
+    if done is not None:
+        return done
     if run_dir.exists():
         command = [sys.executable, "-m", "fedlora_cli", "train", "--resume", str(run_dir), "--json"]
     else:
         command = [sys.executable, "-m", "fedlora_cli", "train", "default", *overrides, "--out", str(run_dir), "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if not summary.is_file():
-        print(f"FAILED {run_dir.name}: {done.stderr.strip()[-400:]}", file=sys.stderr)
-        return None
-    return json.loads(summary.read_text(encoding="utf-8"))
+    completed = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    summary = finished(run_dir)
+    if summary is None:
+        print(f"FAILED {run_dir.name}: {completed.stderr.strip()[-400:]}", file=sys.stderr)
+    return summary
 
 
 def probe_row(task: str, overrides: list[str], out: Path) -> dict:
@@ -141,6 +146,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--set", action="append", default=[], help="extra override for every run (tuning)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (threads are divided among them)")
+    parser.add_argument("--table-only", action="store_true", help="tabulate the finished runs of the grid, run nothing")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     tasks, methods = args.tasks.split(","), args.methods.split(",")
@@ -157,8 +163,11 @@ def main() -> None:
                     overrides = [*overrides_of[task], f"method.name={method}", *PRIVACY[eps],
                                  f"federation.seed={seed}", f"partition.seed={seed}", *args.set]
                     plan.append(((task, method, eps), args.out / "runs" / f"{task}-{method}-eps{eps}-seed{seed}", overrides))
-    with ThreadPoolExecutor(args.jobs) as pool:
-        summaries = list(pool.map(lambda item: run_one(item[1], item[2], threads), plan))
+    if args.table_only:
+        summaries = [finished(run_dir) for _, run_dir, _ in plan]
+    else:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            summaries = list(pool.map(lambda item: run_one(item[1], item[2], threads), plan))
     results: dict = {}
     for (key, _, _), summary in zip(plan, summaries):
         results.setdefault(key, []).append(summary)

@@ -120,17 +120,19 @@ def fmt(values: list[float]) -> str:
 
 def table(results: dict, probes: dict) -> str:
     lines = [
-        "| task | method | privacy | seeds | accuracy | macro-F1 | collapsed | majority | linear probe (acc / F1) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| task | method | privacy | seeds | accuracy | per seed | macro-F1 | collapsed | majority | linear probe (acc / F1) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (task, method, eps), runs in results.items():
         runs = [r for r in runs if r is not None]
         if not runs:
             continue
         probe = probes[task]
+        per_seed = " ".join(f"{r['final_accuracy']:.3f}" for r in runs)
         lines.append(
             f"| {task}{' (tuning)' if task in TUNING else ''} | {method} | {'no DP' if eps == 'none' else f'ε={eps}'} | "
-            f"{len(runs)} | {fmt([r['final_accuracy'] for r in runs])} | {fmt([r['final_macro_f1'] for r in runs])} | "
+            f"{len(runs)} | {fmt([r['final_accuracy'] for r in runs])} | {per_seed} | "
+            f"{fmt([r['final_macro_f1'] for r in runs])} | "
             f"{sum(r['collapsed'] for r in runs)}/{len(runs)} | {probe['majority_accuracy']:.3f} | "
             f"{probe['probe_accuracy']:.3f} / {probe['probe_macro_f1']:.3f} |"
         )

@@ -14,8 +14,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedlora_cli.cli.common import guarded, wants_json
+from fedlora_cli.cli.common import err_console, guarded, wants_json
 from fedlora_cli.errors import InputError
+from fedlora_cli.privacy.weak_epsilon import weak_epsilon_warning
 from fedlora_cli.report.console import _json_ready
 from fedlora_cli.validate import check_recipe
 
@@ -97,6 +98,9 @@ def accountant(
             delta=DEFAULT_DELTA if delta is None else delta,
             accountants=accountants,
         )
+        warning = target_epsilon is not None and weak_epsilon_warning(target_epsilon, "--target-epsilon")
+        if warning:
+            err_console().print(f"warning: {warning}", markup=False, soft_wrap=True)
     if wants_json(json_output):
         typer.echo(json.dumps(_json_ready(doc)))
     else:

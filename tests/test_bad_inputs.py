@@ -57,3 +57,19 @@ def test_a_huge_target_epsilon_in_a_recipe_is_warned_about(tiny_recipe):
         "privacy.target_epsilon=1e+09 is no meaningful privacy guarantee (it bounds an attacker's odds by e^1e+09); "
         "choose an epsilon of at most 100, typically 1 to 10"
     ]
+
+
+@pytest.mark.parametrize("content", [bytes(range(256)) * 2, b"name: x\n\x00\x01\x02\n"], ids=["binary", "control-characters"])
+def test_a_binary_recipe_file_is_refused_naming_the_file(tmp_path, content):
+    garbage = tmp_path / "garbage.yaml"
+    garbage.write_bytes(content)
+    result = invoke("recipes", "validate", str(garbage))
+    assert result.exit_code == 2, result.output
+    assert f"error in {garbage}:" in result.output
+
+
+@pytest.mark.parametrize("key, value", [("partition.seed", "-1"), ("federation.seed", "-5"), ("data.split_seed", str(2**40))])
+def test_out_of_range_seeds_are_refused_naming_the_key(tiny_recipe, key, value):
+    result = invoke("recipes", "validate", str(tiny_recipe), f"{key}={value}")
+    assert result.exit_code == 2, result.output
+    assert f"{key}:" in result.output

@@ -73,3 +73,12 @@ def test_out_of_range_seeds_are_refused_naming_the_key(tiny_recipe, key, value):
     result = invoke("recipes", "validate", str(tiny_recipe), f"{key}={value}")
     assert result.exit_code == 2, result.output
     assert f"{key}:" in result.output
+
+
+@pytest.mark.parametrize("rank", ["33", "1000000000"])
+def test_a_rank_larger_than_the_adapted_layers_is_refused_before_building(tiny_recipe, tmp_path, rank):
+    result = limited_fedlora("train", str(tiny_recipe), f"model.rank={rank}", "--out", str(tmp_path / "run"))
+    assert result.returncode == 2, result.stderr
+    assert f"model.rank={rank} is larger than the adapted layer" in result.stderr
+    assert "set model.rank at most 32" in result.stderr
+    assert not (tmp_path / "run").exists()

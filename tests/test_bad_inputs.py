@@ -4,6 +4,9 @@ naming the flag, key or file and the fix, or in a warning, never in a hang or an
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -82,3 +85,85 @@ def test_a_rank_larger_than_the_adapted_layers_is_refused_before_building(tiny_r
     assert f"model.rank={rank} is larger than the adapted layer" in result.stderr
     assert "set model.rank at most 32" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------- damaged files in a run directory
+def trained_run(tiny_recipe: Path, out: Path) -> Path:
+    result = invoke("train", str(tiny_recipe), "federation.rounds=1", "--out", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def damaged_copy(run: Path, where: Path, damage) -> Path:
+    copy = where / f"copy-{len(list(where.iterdir()))}"
+    shutil.copytree(run, copy)
+    damage(copy)
+    return copy
+
+
+def set_meta(key, value):
+    def damage(run: Path) -> None:
+        path = run / "checkpoint" / "meta.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), key: value}))
+
+    return damage
+
+
+def test_eval_of_an_empty_or_truncated_adapter_exits_2_naming_the_file(tiny_recipe, tmp_path):
+    run = trained_run(tiny_recipe, tmp_path / "run")
+    weights = Path("adapter") / "adapter_model.safetensors"
+    for size in (0, 100):
+        copy = damaged_copy(run, tmp_path, lambda r: os.truncate(r / weights, size))
+        result = invoke("eval", str(copy))
+        assert result.exit_code == 2, result.output
+        assert f"{copy / weights}: cannot be read" in result.output and "train the run again" in result.output
+
+
+def test_resume_of_a_damaged_checkpoint_exits_2_naming_the_file(tiny_recipe, tmp_path):
+    run = trained_run(tiny_recipe, tmp_path / "run")
+    (run / "summary.json").unlink()  # as if it stopped before the end
+    meta, state = Path("checkpoint") / "meta.json", Path("checkpoint") / "state-00001.safetensors"
+    cases = [
+        (lambda r: os.truncate(r / meta, 20), meta, "not valid JSON"),
+        (set_meta("rounds_done", "one"), meta, "rounds_done must be int"),
+        (set_meta("client_steps", 5), meta, "client_steps must be list"),
+        (set_meta("client_steps", [1, "x"]), meta, "client_steps must be a list of step counts"),
+        (lambda r: (r / meta).write_text("[1, 2]"), meta, "not a JSON object"),
+        (lambda r: os.truncate(r / state, 50), state, "cannot be read"),
+        (lambda r: (r / state).unlink(), state, "cannot be read"),
+        (lambda r: os.truncate(r / "metrics.jsonl", 30), Path("metrics.jsonl"), "line 1 is not valid JSON"),
+    ]
+    for damage, damaged, says in cases:
+        copy = damaged_copy(run, tmp_path, damage)
+        result = invoke("train", "--resume", str(copy), "--json")
+        assert result.exit_code == 2, (says, result.output)
+        assert f"{copy / damaged}: {says}" in result.output and "restore it from a copy" in result.output
+
+
+def test_compare_with_a_truncated_summary_or_metrics_exits_2_naming_the_file(tiny_recipe, tmp_path):
+    run = trained_run(tiny_recipe, tmp_path / "run")
+    summary = damaged_copy(run, tmp_path, lambda r: os.truncate(r / "summary.json", 30))
+    metrics = damaged_copy(run, tmp_path, lambda r: ((r / "summary.json").unlink(), os.truncate(r / "metrics.jsonl", 30)))
+    for copy, damaged in ((summary, "summary.json"), (metrics, "metrics.jsonl")):
+        result = invoke("compare", str(run), str(copy))
+        assert result.exit_code == 2, result.output
+        assert f"{copy / damaged}:" in result.output and "not valid JSON" in result.output
+
+
+def test_out_that_is_a_file_or_under_one_exits_2_before_loading_anything(tiny_recipe, tmp_path):
+    (tmp_path / "afile").write_text("keep\n")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "run"):
+        result = invoke("train", str(tiny_recipe), "--out", str(out))
+        assert result.exit_code == 2, result.output
+        assert f"--out {out}: {tmp_path / 'afile'} is a file, not a directory" in result.output
+    assert (tmp_path / "afile").read_text() == "keep\n"
+
+
+@pytest.mark.parametrize("name, says", [("plot.xyz", "cannot write a '.xyz' image"), ("plot", "cannot write a '' image"), ("afile/plot.png", "is a file, not a directory")])
+def test_png_with_an_unsupported_extension_or_under_a_file_exits_2(tiny_recipe, tmp_path, name, says):
+    (tmp_path / "afile").write_text("keep\n")
+    png = tmp_path / name
+    result = invoke("partition", str(tiny_recipe), "--png", str(png))
+    assert result.exit_code == 2, result.output
+    assert f"--png {png}:" in result.output and says in result.output
+    assert not png.exists()

@@ -36,7 +36,7 @@ from fedlora_cli.federation.artifacts import load_adapter_model
 from fedlora_cli.federation.evaluate import collapsed, evaluate, majority_baseline, predict_logits
 from fedlora_cli.federation.experiment import Experiment
 from fedlora_cli.federation.interrupts import interrupts_deferred
-from fedlora_cli.federation.run_dir import RunDir
+from fedlora_cli.federation.run_dir import CHECKPOINT_META, RunDir, check_run_meta
 from fedlora_cli.methods.base import restore_base_weights, tensor_bytes
 from fedlora_cli.models import adapter_state, load_adapter_state
 from fedlora_cli.privacy.client_level import EPSILON_SCOPE, ClientLevelDP, noise_generator
@@ -122,6 +122,7 @@ class FederatedRun:
         if loaded is None:
             return
         tensors, meta = loaded
+        check_run_meta(meta, self.run_dir.checkpoint_path / CHECKPOINT_META)
         adapter = {k: v for k, v in tensors.items() if not k.startswith((BASE_PREFIX, SERVER_PREFIX))}
         # the model's own key order (a checkpoint file sorts its keys): noise is drawn tensor by tensor
         self.global_state = {**{k: adapter[k] for k in self.global_state if k in adapter}, **adapter}

@@ -444,5 +444,17 @@ def load_recipe(name_or_path: str | None = None, overrides: list[str] | None = N
     return recipe
 
 
+def recipe_changes(before: Any, after: Any, key: str = "") -> list[str]:
+    """``key: old -> new`` for every dotted key whose value differs between two resolved recipes
+    (:meth:`Recipe.resolved`), e.g. ``model.rank: 4 -> 8``."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return [
+            change
+            for sub in dict.fromkeys([*before, *after])
+            for change in recipe_changes(before.get(sub), after.get(sub), f"{key}.{sub}" if key else sub)
+        ]
+    return [] if before == after else [f"{key}: {str(before)[:60]} -> {str(after)[:60]}"]
+
+
 def dump_recipe(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.resolved(), sort_keys=False)

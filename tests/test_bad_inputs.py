@@ -167,3 +167,17 @@ def test_png_with_an_unsupported_extension_or_under_a_file_exits_2(tiny_recipe, 
     assert result.exit_code == 2, result.output
     assert f"--png {png}:" in result.output and says in result.output
     assert not png.exists()
+
+
+def test_resume_after_the_recipe_changed_exits_2_saying_what_changed(tiny_recipe, tmp_path):
+    run = trained_run(tiny_recipe, tmp_path / "run")
+    (run / "summary.json").unlink()
+    recipe = (run / "recipe.yaml").read_text()
+    edited = recipe.replace("rank: 4", "rank: 8").replace("rounds: 1", "rounds: 3")
+    assert edited.count("rank: 8") == 1 and edited.count("rounds: 3") == 1
+    (run / "recipe.yaml").write_text(edited)
+    result = invoke("train", "--resume", str(run), "--json")
+    assert result.exit_code == 2, result.output
+    assert f"{run / 'recipe.yaml'}: changed since the checkpoint (model.rank: 4 -> 8; federation.rounds: 1 -> 3)" in result.output
+    (run / "recipe.yaml").write_text(recipe)
+    assert invoke("train", "--resume", str(run), "--json").exit_code == 0

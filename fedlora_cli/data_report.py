@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedlora_cli.privacy.weak_epsilon import weak_epsilon_warning
+from fedlora_cli.privacy.limits import weak_epsilon_warning
 from fedlora_cli.validate import CheckedRecipe
 
 SMALL_CLIENT_BATCHES = 2

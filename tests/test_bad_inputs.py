@@ -181,3 +181,11 @@ def test_resume_after_the_recipe_changed_exits_2_saying_what_changed(tiny_recipe
     assert f"{run / 'recipe.yaml'}: changed since the checkpoint (model.rank: 4 -> 8; federation.rounds: 1 -> 3)" in result.output
     (run / "recipe.yaml").write_text(recipe)
     assert invoke("train", "--resume", str(run), "--json").exit_code == 0
+
+
+def test_a_recipe_that_would_take_prv_minutes_is_refused_at_once(tiny_recipe):
+    result = limited_fedlora(
+        "recipes", "validate", str(tiny_recipe), "privacy.accountant=prv", "federation.rounds=400000", seconds=60
+    )
+    assert result.returncode == 2, result.stderr
+    assert "privacy.accountant=prv: 1200000 steps" in result.stderr and "privacy.accountant=rdp" in result.stderr

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from fedlora_cli.cli.common import err_console, guarded, wants_json
 from fedlora_cli.errors import InputError
-from fedlora_cli.privacy.weak_epsilon import weak_epsilon_warning
+from fedlora_cli.privacy.limits import weak_epsilon_warning
 from fedlora_cli.report.console import _json_ready
 from fedlora_cli.validate import check_recipe
 

@@ -20,14 +20,12 @@ from opacus.accountants.analysis.rdp import get_privacy_spent as rdp_privacy_spe
 from opacus.accountants.utils import get_noise_multiplier
 
 from fedlora_cli.errors import InputError
+from fedlora_cli.privacy.limits import PRV_MAX_STEPS
 
 ACCOUNTANTS = ("rdp", "prv", "gdp")
 CALIBRATION_ACCOUNTANTS = ("rdp", "prv")  # upper bounds; gdp's CLT approximation can fall below the true epsilon
 CALIBRATION_TOLERANCE = 0.005
 PRV_EPS_ERROR = 0.01  # Opacus PRVAccountant.get_epsilon's default eps_error
-# prv's grid grows with the steps: one epsilon took 4 s at 10^5 steps (calibrating 5 s), 25 s at 4*10^5
-# and over a minute at 10^6 (2 CPU cores under load). rdp is fast at any count.
-PRV_MAX_STEPS = 100_000
 _CALIBRATIONS: dict[str, float] = {}  # in-process memo of calibrate_noise
 
 

@@ -44,6 +44,12 @@ def test_accountant_warns_that_a_huge_target_epsilon_is_no_guarantee():
     assert "warning" not in quiet.output
 
 
+def test_accountant_warns_about_a_recipe_with_a_huge_target_epsilon(tiny_recipe):
+    result = invoke("accountant", "--recipe", str(tiny_recipe), "privacy.target_epsilon=1e9", "--json")
+    assert result.exit_code == 0, result.output
+    assert "warning: privacy.target_epsilon=1e+09 is no meaningful privacy guarantee" in result.stderr
+
+
 def test_dp_with_zero_noise_is_refused_with_the_fix(tiny_recipe):
     result = invoke("recipes", "validate", str(tiny_recipe), "privacy.target_epsilon=null", "privacy.noise_multiplier=0")
     assert result.exit_code == 2, result.output

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedlora_cli.privacy.limits import weak_epsilon_warning
 from fedlora_cli.validate import CheckedRecipe
 
 SMALL_CLIENT_BATCHES = 2
@@ -60,9 +61,16 @@ def client_rows(checked: CheckedRecipe) -> list[dict]:
 
 
 def client_warnings(checked: CheckedRecipe, rows: list[dict] | None = None) -> list[dict]:
-    """``[{kind, client, message}]`` for small, one-label and too-noisy clients (module docstring)."""
+    """``[{kind, client, message}]`` for small, one-label and too-noisy clients (module docstring),
+    after one (client None) for a target epsilon too large to be a guarantee."""
     batch_size = checked.recipe.federation.batch_size
     warnings = []
+    privacy = checked.recipe.privacy
+    weak = privacy.level != "none" and privacy.target_epsilon is not None and weak_epsilon_warning(
+        privacy.target_epsilon, "privacy.target_epsilon"
+    )
+    if weak:
+        warnings.append({"kind": "weak_epsilon", "client": None, "message": weak})
     for row in rows if rows is not None else client_rows(checked):
         k, size = row["client"], row["examples"]
         if size < SMALL_CLIENT_BATCHES * batch_size:

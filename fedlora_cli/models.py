@@ -174,6 +174,7 @@ def add_lora(model: torch.nn.Module, cfg: ModelConfig, seed: int) -> PeftModel:
         lora_dropout=cfg.dropout,
         target_modules=list(cfg.target_modules),
     )
+    _check_rank(model, config)
     with torch.random.fork_rng():
         torch.manual_seed(seed + 1)
         try:
@@ -181,6 +182,27 @@ def add_lora(model: torch.nn.Module, cfg: ModelConfig, seed: int) -> PeftModel:
         except ValueError as exc:
             raise InputError(f"model.target_modules: {first_line(exc)}") from None
     return peft_model
+
+
+def _check_rank(model: torch.nn.Module, config) -> None:
+    """``model.rank`` may not exceed the smaller side of any adapted linear layer (a larger B·A
+    is no more expressive, and rank 10^9 would allocate terabytes): checked before peft builds it."""
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    layers = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and check_target_module_exists(config, name)
+    ]
+    if not layers:
+        return  # peft names the target_modules that match nothing
+    name, layer = min(layers, key=lambda item: min(item[1].in_features, item[1].out_features))
+    limit = min(layer.in_features, layer.out_features)
+    if config.r > limit:
+        raise InputError(
+            f"model.rank={config.r} is larger than the adapted layer {name} ({layer.in_features} in, "
+            f"{layer.out_features} out) allows; set model.rank at most {limit} (LoRA ranks are typically 4 to 64)"
+        )
 
 
 @dataclass

@@ -20,6 +20,7 @@ from fedlora_cli.errors import InputError
 
 DEFAULT_RECIPE = "default"
 MAX_RECIPE_VALUES = 10_000  # a recipe has a few hundred; YAML aliases must not expand it past this
+MAX_SEED = 2**32 - 1  # a seed every seeded library (numpy, torch, random) accepts
 
 
 class Section(BaseModel):
@@ -52,7 +53,7 @@ class DataConfig(Section):
     column_names: list[str] | None = Field(None, description="column names of a header-less CSV/TSV")
     test_path: str | None = Field(None, description="separate test file; else test_fraction is held out")
     test_fraction: float = Field(0.2, gt=0, lt=1)
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0, le=MAX_SEED)
     max_length: int = Field(128, ge=8, le=4096, description="tokens per example (truncation)")
     max_train_samples: int | None = Field(None, ge=1, description="use a seeded subset of the training set")
     max_test_samples: int | None = Field(None, ge=1, description="use a seeded subset of the test set")
@@ -63,7 +64,7 @@ class PartitionConfig(Section):
 
     method: str = Field("dirichlet", description="iid, dirichlet, pathological, shards or quantity")
     alpha: float = Field(0.5, gt=0, description="dirichlet: concentration over labels (smaller: more skewed)")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     min_samples: int = Field(8, ge=1, description="every client gets at least this many examples")
     labels_per_client: int = Field(2, ge=1, description="pathological: distinct labels each client holds")
     shards_per_client: int = Field(2, ge=1, description="shards: label-sorted shards dealt to each client")
@@ -105,7 +106,7 @@ class FederationConfig(Section):
     )
     momentum: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     eval_every: int = Field(1, ge=0, description="evaluate every N rounds (0: only at the end)")
     eval_batch_size: int = Field(64, ge=1)
     client_weighting: Literal["samples", "uniform"] = "samples"
@@ -205,6 +206,8 @@ class PrivacyConfig(Section):
 
     @model_validator(mode="after")
     def _one_noise_source(self) -> "PrivacyConfig":
+        """With DP on: exactly one of target_epsilon and noise_multiplier (zero noise, which tests of
+        clipping use, is refused for runs by :func:`fedlora_cli.validate.check_recipe`)."""
         if self.level == "none":
             return self
         if self.target_epsilon is None and self.noise_multiplier is None:
@@ -371,6 +374,12 @@ def read_recipe_tree(path: Path) -> dict:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise InputError(f"cannot read recipe: {exc.strerror}", source=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"not a text file (byte {exc.object[exc.start]:#04x} at offset {exc.start} is not UTF-8); "
+            "a recipe is a YAML text file: check the path, or copy one with `fedlora recipes copy default`",
+            source=str(path),
+        ) from None
     try:
         tree = yaml.safe_load(text)
         too_big = isinstance(tree, dict) and expanded_size(tree, MAX_RECIPE_VALUES) is None
@@ -429,6 +438,18 @@ def load_recipe(name_or_path: str | None = None, overrides: list[str] | None = N
     if problems:
         raise InputError(problems, source=str(path))
     return recipe
+
+
+def recipe_changes(before: Any, after: Any, key: str = "") -> list[str]:
+    """``key: old -> new`` for every dotted key whose value differs between two resolved recipes
+    (:meth:`Recipe.resolved`), e.g. ``model.rank: 4 -> 8``."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return [
+            change
+            for sub in dict.fromkeys([*before, *after])
+            for change in recipe_changes(before.get(sub), after.get(sub), f"{key}.{sub}" if key else sub)
+        ]
+    return [] if before == after else [f"{key}: {str(before)[:60]} -> {str(after)[:60]}"]
 
 
 def dump_recipe(recipe: Recipe) -> str:

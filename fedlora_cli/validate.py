@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from fedlora_cli.data.partition import partition
 from fedlora_cli.data.sources import BUILTIN_SOURCES, TextDataset, load_datasets
 from fedlora_cli.errors import InputError
+from fedlora_cli.privacy.limits import PRV_MAX_STEPS
 from fedlora_cli.privacy.secure_random import secure_mode_problem
 from fedlora_cli.recipe import (
     DataConfig,
@@ -74,6 +75,19 @@ def _non_finite_privacy(recipe: Recipe) -> list[str]:
     ]
 
 
+def _slow_prv(recipe: Recipe) -> list[str]:
+    """The prv accountant over more than ``PRV_MAX_STEPS`` steps (a client's rounds x local_steps at
+    sample level, the rounds at client level) would take minutes: refused."""
+    fed, privacy = recipe.federation, recipe.privacy
+    steps = fed.rounds * (fed.local_steps if privacy.level == "sample" else 1)
+    if privacy.accountant != "prv" or steps <= PRV_MAX_STEPS:
+        return []
+    return [
+        f"privacy.accountant=prv: {steps} steps (federation.rounds x local_steps) take the prv accountant minutes "
+        f"beyond {PRV_MAX_STEPS}; use privacy.accountant=rdp (fast, slightly looser) or fewer steps"
+    ]
+
+
 def plan_privacy(recipe: Recipe, client_sizes: list[int]):
     """The run's privacy plan, exactly as the round loop builds it (noise calibrated per client
     size at sample level, per round at client level), or None without DP. Raises InputError.
@@ -83,7 +97,7 @@ def plan_privacy(recipe: Recipe, client_sizes: list[int]):
     """
     if recipe.privacy.level == "none":
         return None
-    problems = _non_finite_privacy(recipe)
+    problems = _non_finite_privacy(recipe) + _slow_prv(recipe)
     if problems:
         raise InputError(problems)
     # opacus loads only when a recipe asks for DP
@@ -137,6 +151,11 @@ def check_recipe(name_or_path: str | None, overrides: list[str] | None = None) -
         privacy = recipe.privacy
         if privacy.level != "none" and privacy.secure_mode and secure_mode_problem():
             problems.append(secure_mode_problem())
+        if privacy.level != "none" and privacy.noise_multiplier == 0:
+            problems.append(
+                f"privacy.noise_multiplier=0 with privacy.level={privacy.level} adds no noise: epsilon is infinite; "
+                "set privacy.level=none to train without DP, or a noise multiplier above 0"
+            )
         if privacy.level != "none" and privacy.target_epsilon is not None and privacy.accountant == "gdp":
             from fedlora_cli.privacy.accountants import gdp_calibration_refusal  # loads opacus: only here
 

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedlora_cli.cli import app
-from fedlora_cli.federation import clients, engine, run_dir
+from fedlora_cli.federation import clients, engine, experiment, run_dir
 from fedlora_cli.federation.engine import FederatedRun
 from fedlora_cli.methods import METHODS
 from test_flower import read_run as read_run_with_base
@@ -126,3 +126,29 @@ def test_ctrl_c_in_any_phase_then_resume_equals_the_uninterrupted_run(
         assert tensors_b[key].equal(tensors_a[key]), key
     target = 20.0 if setting == "client" else TARGET_EPSILON
     assert summary_b["epsilon"] <= target and all(m["epsilon"] <= target for m in metrics_b)
+
+
+STOPS = {  # phase: (where SIGINT is delivered, whether a run directory with a checkpoint exists by then)
+    "loading": (lambda mp: interrupt_after(mp, experiment, "load_tokenizer", lambda n, _: n == 1), False),
+    "training": (lambda mp: interrupt_after(mp, clients.InProcessClients, "train", second_round(2)), True),
+    "export": (lambda mp: interrupt_after(mp, run_dir.RunDir, "save_adapter", lambda n, _: n == 1), True),
+}
+
+
+@pytest.mark.parametrize("phase", STOPS)
+def test_ctrl_c_saves_a_checkpoint_and_prints_how_to_resume(tiny_recipe, tmp_path, monkeypatch, phase):
+    """Ctrl-C stops the run at once in every phase (exit 130, no traceback); once a run directory
+    exists, its last checkpoint is kept and stderr says how to resume. The SIGINT is delivered
+    from inside the phase, so the test does not depend on timing."""
+    deliver, has_run_dir = STOPS[phase]
+    out = tmp_path / "interrupted"
+    with monkeypatch.context() as patched:
+        deliver(patched)
+        result = train(str(tiny_recipe), *overrides("sample"), "--out", str(out))
+    assert result.exit_code == 130, result.output
+    assert "Traceback" not in result.output
+    if has_run_dir:
+        assert f"Resume with: fedlora train --resume {out}" in result.stderr
+        assert 1 <= json.loads((out / "checkpoint" / "meta.json").read_text())["rounds_done"] <= 3
+    else:
+        assert "interrupted" in result.stderr and not out.exists()

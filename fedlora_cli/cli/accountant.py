@@ -14,8 +14,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedlora_cli.cli.common import guarded, wants_json
+from fedlora_cli.cli.common import err_console, guarded, wants_json
 from fedlora_cli.errors import InputError
+from fedlora_cli.privacy.limits import weak_epsilon_warning
 from fedlora_cli.report.console import _json_ready
 from fedlora_cli.validate import check_recipe
 
@@ -85,6 +86,7 @@ def accountant(
         sizes = [len(indices) for indices in checked.client_indices]
         doc = recipe_plan(checked.recipe, sizes, accountants)
         doc["recipe_file"] = str(checked.source)
+        target, target_name = checked.recipe.privacy.target_epsilon, "privacy.target_epsilon"
     else:
         accountants = accountant_list(accountant_name or "rdp")
         if target_epsilon is not None and accountant_name == "all":
@@ -97,6 +99,10 @@ def accountant(
             delta=DEFAULT_DELTA if delta is None else delta,
             accountants=accountants,
         )
+        target, target_name = target_epsilon, "--target-epsilon"
+    warning = target is not None and weak_epsilon_warning(target, target_name)
+    if warning:
+        err_console().print(f"warning: {warning}", markup=False, soft_wrap=True)
     if wants_json(json_output):
         typer.echo(json.dumps(_json_ready(doc)))
     else:

@@ -57,6 +57,10 @@ def train(
 ) -> None:
     recipe, overrides = _split_recipe_and_overrides(recipe, list(overrides or []))
     as_json = wants_json(json_output)
+    if out is not None and resume is None:
+        from fedlora_cli.federation.run_dir import check_new_run_path
+
+        check_new_run_path(out)  # before minutes of loading
     if resume is not None:
         if recipe is not None or overrides or out is not None:
             raise InputError("--resume takes the recipe from the run directory; drop the recipe, overrides and --out")

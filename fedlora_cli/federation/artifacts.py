@@ -20,12 +20,13 @@ from fedlora_cli.data.partition import partition
 from fedlora_cli.data.sources import TextDataset, load_datasets, load_labeled_file
 from fedlora_cli.errors import InputError, first_line
 from fedlora_cli.federation.evaluate import collapsed, evaluate, majority_baseline
-from fedlora_cli.federation.run_dir import ADAPTER_DIR, RunDir
+from fedlora_cli.federation.run_dir import ADAPTER_DIR, RunDir, read_tensors
 from fedlora_cli.methods.base import restore_base_weights
 from fedlora_cli.models import load_base_model, load_tokenizer, lora_modules
 from fedlora_cli.recipe import Recipe, load_recipe, resolve_recipe_path
 
 BASE_WEIGHTS_FILE = "base_weights.safetensors"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"  # what peft's save_pretrained writes
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 
 
@@ -69,9 +70,10 @@ def load_adapter_model(recipe: Recipe, adapter_dir: str | Path, num_labels: int)
     layers' weights of those modules.
     """
     from peft import PeftModel
-    from safetensors.torch import load_file
 
     adapter_dir = Path(adapter_dir)
+    if (adapter_dir / ADAPTER_WEIGHTS_FILE).exists():  # else peft names what is missing
+        read_tensors(adapter_dir / ADAPTER_WEIGHTS_FILE, "the adapter is damaged (empty or truncated): train the run again")
     base = load_base_model(recipe.model.name, num_labels, recipe.federation.seed, recipe.model.pooling)
     try:
         model = PeftModel.from_pretrained(base, str(adapter_dir))
@@ -82,7 +84,7 @@ def load_adapter_model(recipe: Recipe, adapter_dir: str | Path, num_labels: int)
         ) from None
     base_file = adapter_dir / BASE_WEIGHTS_FILE
     if base_file.is_file():
-        restore_base_weights(lora_modules(model), load_file(str(base_file)), str(base_file))
+        restore_base_weights(lora_modules(model), read_tensors(base_file), str(base_file))
     model.eval()
     return model
 

@@ -20,6 +20,7 @@ are left out of the aggregation and of the accounting, as long as at least
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -31,16 +32,17 @@ import torch
 from fedlora_cli.federation.client import ClientNoise, LocalResult, LocalTrainer
 from fedlora_cli.seeding import derive_seed
 from fedlora_cli.federation.clients import ClientRunner, ClientTask, InProcessClients
-from fedlora_cli.errors import RunError
+from fedlora_cli.errors import InputError, RunError
 from fedlora_cli.federation.artifacts import load_adapter_model
 from fedlora_cli.federation.evaluate import collapsed, evaluate, majority_baseline, predict_logits
 from fedlora_cli.federation.experiment import Experiment
 from fedlora_cli.federation.interrupts import interrupts_deferred
-from fedlora_cli.federation.run_dir import RunDir
+from fedlora_cli.federation.run_dir import CHECKPOINT_META, RunDir, check_run_meta
 from fedlora_cli.methods.base import restore_base_weights, tensor_bytes
 from fedlora_cli.models import adapter_state, load_adapter_state
 from fedlora_cli.privacy.client_level import EPSILON_SCOPE, ClientLevelDP, noise_generator
 from fedlora_cli.privacy.sample_level import SampleLevelPlan
+from fedlora_cli.recipe import recipe_changes
 
 BASE_PREFIX = "base::"
 SERVER_PREFIX = "server::"  # the server optimizer's state in a checkpoint
@@ -122,6 +124,13 @@ class FederatedRun:
         if loaded is None:
             return
         tensors, meta = loaded
+        check_run_meta(meta, self.run_dir.checkpoint_path / CHECKPOINT_META)
+        changed = recipe_changes(meta.get("recipe", self._saved_recipe()), self._saved_recipe())  # older checkpoints: none
+        if changed:
+            raise InputError(
+                f"{self.run_dir.recipe_path}: changed since the checkpoint ({'; '.join(changed)}); a run resumes "
+                "with the recipe it started with: undo the change, or start a new run with the new recipe"
+            )
         adapter = {k: v for k, v in tensors.items() if not k.startswith((BASE_PREFIX, SERVER_PREFIX))}
         # the model's own key order (a checkpoint file sorts its keys): noise is drawn tensor by tensor
         self.global_state = {**{k: adapter[k] for k in self.global_state if k in adapter}, **adapter}
@@ -162,8 +171,13 @@ class FederatedRun:
                 "stopped": self.state.stopped,
                 "elapsed": self.state.elapsed,
                 **({"client_clip": self.client_dp.clip} if self.client_dp is not None else {}),
+                "recipe": self._saved_recipe(),
             },
         )
+
+    def _saved_recipe(self) -> dict:
+        """The resolved recipe as a checkpoint stores it (JSON types), to spot a changed recipe.yaml."""
+        return json.loads(json.dumps(self.exp.recipe.resolved()))
 
     # ------------------------------------------------------------------------------- rounds
     def sample_clients(self, round_index: int) -> list[int]:

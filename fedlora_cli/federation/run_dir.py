@@ -27,9 +27,10 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save, save_file
 
-from fedlora_cli.errors import InputError
+from fedlora_cli.errors import InputError, first_line
 
 RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -38,6 +39,9 @@ ADAPTER_DIR = "adapter"
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_META = "meta.json"
 STATE_FILE = re.compile(r"state-\d{5,}\.safetensors")
+DAMAGED = "the file is damaged (missing, truncated or overwritten?): restore it from a copy, or run again"
+# what a checkpoint's meta.json holds, by key: the JSON types each value may have
+META_TYPES = {"rounds_done": (int,), "client_steps": (list,), "stopped": (str, type(None)), "elapsed": (int, float)}
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -61,6 +65,41 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     atomic_write_bytes(path, save({k: v.detach().contiguous() for k, v in tensors.items()}))
+
+
+def read_json(path: Path, fix: str = DAMAGED):
+    """The JSON document in ``path``; InputError naming the file and ``fix`` when it is not valid JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path}: not valid JSON ({first_line(exc)}); {fix}") from None
+
+
+def read_tensors(path: Path, fix: str = DAMAGED) -> dict[str, torch.Tensor]:
+    """The tensors in safetensors file ``path``; InputError naming the file and ``fix`` when it is
+    missing, empty or truncated."""
+    try:
+        return load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise InputError(f"{path}: cannot be read ({first_line(exc)}); {fix}") from None
+
+
+def file_in_the_way(path: Path) -> Path | None:
+    """The existing non-directory at ``path`` or at one of its parents, which stops a directory
+    being made there (None when there is none)."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
+def check_new_run_path(path: Path) -> None:
+    """``--out``: InputError unless ``path`` is a new or empty directory that can be made."""
+    blocker = file_in_the_way(path)
+    if blocker is not None:
+        raise InputError(f"--out {path}: {blocker} is a file, not a directory; choose another --out")
+    if path.exists() and any(path.iterdir()):
+        raise InputError(f"--out {path}: directory exists and is not empty; choose a new one or use --resume {path}")
 
 
 def refuse_symlink(path: Path) -> None:
@@ -91,10 +130,9 @@ class RunDir:
 
     @classmethod
     def at(cls, path: str | Path) -> "RunDir":
-        """An explicit directory (``--out``): must be new or empty."""
+        """An explicit directory (``--out``): see :func:`check_new_run_path`."""
         path = Path(path)
-        if path.exists() and any(path.iterdir()):
-            raise InputError(f"--out {path}: directory exists and is not empty; choose a new one or use --resume {path}")
+        check_new_run_path(path)
         path.mkdir(parents=True, exist_ok=True)
         return cls(path)
 
@@ -116,10 +154,22 @@ class RunDir:
         atomic_write_text(self.recipe_path, text)
 
     def read_metrics(self) -> list[dict]:
+        """One dict per completed round; InputError naming the file and line for a damaged one."""
         path = self.path / METRICS_FILE
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = []
+        for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise InputError(f"{path}: line {number} is not valid JSON ({first_line(exc)}); {DAMAGED}") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{path}: line {number} is not a JSON object; {DAMAGED}")
+            rows.append(row)
+        return rows
 
     def write_metrics(self, rows: list[dict]) -> None:
         atomic_write_text(self.path / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in rows))
@@ -129,7 +179,12 @@ class RunDir:
 
     def read_summary(self) -> dict | None:
         path = self.path / SUMMARY_FILE
-        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+        if not path.exists():
+            return None
+        summary = read_json(path)
+        if not isinstance(summary, dict):
+            raise InputError(f"{path}: not a JSON object; {DAMAGED}")
+        return summary
 
     # adapter --------------------------------------------------------------------------------
     @property
@@ -174,12 +229,31 @@ class RunDir:
         refuse_symlink(meta_path)
         if not meta_path.exists():
             return None
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        state_file = meta.get("state_file") if isinstance(meta, dict) else None
+        meta = read_json(meta_path)
+        if not isinstance(meta, dict):
+            raise InputError(f"{meta_path}: not a JSON object; {DAMAGED}")
+        state_file = meta.get("state_file")
         if not isinstance(state_file, str) or not STATE_FILE.fullmatch(state_file):
             raise InputError(
                 f"{meta_path}: state_file must name a state-NNNNN.safetensors file in {self.checkpoint_path} "
                 f"(got {str(state_file)[:80]!r}); the checkpoint is damaged, start a new run"
             )
         refuse_symlink(self.checkpoint_path / state_file)
-        return load_file(str(self.checkpoint_path / state_file)), meta
+        return read_tensors(self.checkpoint_path / state_file), meta
+
+
+def check_run_meta(meta: dict, path: Path) -> None:
+    """InputError unless a run's checkpoint ``meta`` (as FederatedRun saves it) has the types in
+    ``META_TYPES`` (``client_steps`` a list of counts), so a damaged checkpoint is refused before use."""
+    wrong = [
+        f"{key} must be {' or '.join('null' if t is type(None) else t.__name__ for t in types)} (got {str(meta.get(key))[:40]!r})"
+        for key, types in META_TYPES.items()
+        if key not in meta or isinstance(meta[key], bool) or not isinstance(meta[key], types)
+    ]
+    steps = meta.get("client_steps")
+    if isinstance(steps, list) and not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in steps):
+        wrong.append("client_steps must be a list of step counts")
+    if isinstance(meta.get("rounds_done"), int) and meta["rounds_done"] < 0:
+        wrong.append("rounds_done must be at least 0")
+    if wrong:
+        raise InputError(f"{path}: {'; '.join(wrong)}; {DAMAGED}")

@@ -20,6 +20,7 @@ from opacus.accountants.analysis.rdp import get_privacy_spent as rdp_privacy_spe
 from opacus.accountants.utils import get_noise_multiplier
 
 from fedlora_cli.errors import InputError
+from fedlora_cli.privacy.limits import PRV_MAX_STEPS
 
 ACCOUNTANTS = ("rdp", "prv", "gdp")
 CALIBRATION_ACCOUNTANTS = ("rdp", "prv")  # upper bounds; gdp's CLT approximation can fall below the true epsilon
@@ -38,7 +39,8 @@ def check_parameters(
     target_epsilon: float | None = None,
     names: dict[str, str] | None = None,
 ) -> None:
-    """Raise one InputError listing every out-of-range accounting parameter.
+    """Raise one InputError listing every out-of-range accounting parameter: non-finite numbers,
+    and more than ``PRV_MAX_STEPS`` steps for the prv accountant.
 
     ``names`` maps a parameter to how the caller calls it (a flag or a recipe key).
     """
@@ -53,10 +55,15 @@ def check_parameters(
         problems.append(f"{label('delta')} must be in (0, 1) (got {delta})")
     if accountant not in ACCOUNTANTS:
         problems.append(f"{label('accountant')} must be one of {', '.join(ACCOUNTANTS)} (got {accountant!r})")
-    if noise_multiplier is not None and noise_multiplier < 0:
-        problems.append(f"{label('noise_multiplier')} must be at least 0 (got {noise_multiplier})")
-    if target_epsilon is not None and not target_epsilon > 0:
-        problems.append(f"{label('target_epsilon')} must be above 0 (got {target_epsilon})")
+    if accountant == "prv" and steps > PRV_MAX_STEPS:
+        problems.append(
+            f"{label('steps')}={steps}: the prv accountant takes minutes beyond {PRV_MAX_STEPS} steps; "
+            f"use {label('accountant')} rdp (fast, slightly looser) or fewer steps"
+        )
+    if noise_multiplier is not None and not 0 <= noise_multiplier < math.inf:
+        problems.append(f"{label('noise_multiplier')} must be a finite number of at least 0 (got {noise_multiplier})")
+    if target_epsilon is not None and not 0 < target_epsilon < math.inf:
+        problems.append(f"{label('target_epsilon')} must be a finite number above 0 (got {target_epsilon})")
     if problems:
         raise InputError(problems)
 

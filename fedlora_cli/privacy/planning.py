@@ -177,7 +177,7 @@ def direct_plan(
         sample_rate=sample_rate,
         steps=steps,
         delta=delta,
-        accountant=accountants[0],
+        accountant="prv" if "prv" in accountants else accountants[0],  # prv bounds the steps
         noise_multiplier=noise_multiplier,
         target_epsilon=target_epsilon,
         names={
@@ -186,6 +186,7 @@ def direct_plan(
             "delta": "--delta",
             "noise_multiplier": "--noise-multiplier",
             "target_epsilon": "--target-epsilon",
+            "accountant": "--accountant",
         },
     )
     doc = {"sample_rate": sample_rate, "steps": steps, "delta": delta, "accountants": accountants}

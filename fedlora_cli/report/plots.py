@@ -14,7 +14,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from fedlora_cli.federation.run_dir import RunDir, atomic_write_bytes
+from fedlora_cli.errors import InputError
+from fedlora_cli.federation.run_dir import RunDir, atomic_write_bytes, file_in_the_way
 
 RUN_PLOT_FILE = "metrics.png"
 
@@ -29,11 +30,18 @@ def _series(metrics: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 def _save(figure: Figure, path: Path) -> Path:
+    """Write ``figure`` to ``path`` in the format its extension names (InputError, naming the
+    --png path, for an extension matplotlib cannot write or a file where a directory must be)."""
     path = Path(path)
+    formats = FigureCanvasAgg(figure).get_supported_filetypes()
+    if path.suffix.lstrip(".").lower() not in formats:
+        raise InputError(f"--png {path}: cannot write a '{path.suffix}' image; end the name in one of .{', .'.join(sorted(formats))}")
+    blocker = file_in_the_way(path.parent)
+    if blocker is not None:
+        raise InputError(f"--png {path}: {blocker} is a file, not a directory; choose another path")
     path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(figure)
     image = io.BytesIO()
-    figure.savefig(image, format=path.suffix.lstrip("."), dpi=120, bbox_inches="tight")
+    figure.savefig(image, format=path.suffix.lstrip(".").lower(), dpi=120, bbox_inches="tight")
     atomic_write_bytes(path, image.getvalue())  # never through a symlink planted at path
     return path
 

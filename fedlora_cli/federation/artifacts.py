@@ -19,7 +19,7 @@ from fedlora_cli.data.batching import tokenize
 from fedlora_cli.data.partition import partition
 from fedlora_cli.data.sources import TextDataset, load_datasets, load_labeled_file
 from fedlora_cli.errors import InputError, first_line
-from fedlora_cli.federation.evaluate import collapsed, evaluate, majority_baseline
+from fedlora_cli.federation.evaluate import against_majority, evaluate
 from fedlora_cli.federation.run_dir import ADAPTER_DIR, RunDir, read_tensors
 from fedlora_cli.methods.base import restore_base_weights
 from fedlora_cli.models import load_base_model, load_tokenizer, lora_modules
@@ -138,8 +138,7 @@ def evaluate_adapter(
         "label_names": names,
         "test": score(test),
     }
-    result["test"].update(majority_baseline(train.labels, test.labels, len(names)))
-    result["test"]["collapsed"] = collapsed(result["test"], result["test"]["majority_accuracy"])
+    result["test"].update(against_majority(result["test"], train.labels, test.labels, len(names)))
     if extra is not None:
         result["data"] = {"file": str(data_file), **score(extra, str(data_file))}
     if clients is not None:

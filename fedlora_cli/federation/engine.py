@@ -34,7 +34,7 @@ from fedlora_cli.seeding import derive_seed
 from fedlora_cli.federation.clients import ClientRunner, ClientTask, InProcessClients
 from fedlora_cli.errors import InputError, RunError
 from fedlora_cli.federation.artifacts import load_adapter_model
-from fedlora_cli.federation.evaluate import collapsed, evaluate, majority_baseline, predict_logits
+from fedlora_cli.federation.evaluate import against_majority, evaluate, predict_logits
 from fedlora_cli.federation.experiment import Experiment
 from fedlora_cli.federation.interrupts import interrupts_deferred
 from fedlora_cli.federation.run_dir import CHECKPOINT_META, RunDir, check_run_meta
@@ -333,7 +333,6 @@ class FederatedRun:
         evaluated_round, final = self.last_scores
         if evaluated_round != self.state.rounds_done:
             final = self._evaluate(self.global_state)
-        baseline = majority_baseline(self.exp.train.labels, self.exp.test_data.labels, len(self.exp.label_names))
         privacy = self.recipe.privacy
         private = self.plan is not None or self.client_dp is not None
         summary = {
@@ -346,8 +345,7 @@ class FederatedRun:
             "final_balanced_accuracy": final["balanced_accuracy"],
             "final_loss": final["loss"],
             "predicted_counts": final["predicted_counts"],
-            **baseline,
-            "collapsed": collapsed(final, baseline["majority_accuracy"]),
+            **against_majority(final, self.exp.train.labels, self.exp.test_data.labels, len(self.exp.label_names)),
             "privacy_level": privacy.level,
             "epsilon": self._epsilon(),
             "epsilon_scope": EPSILON_SCOPE.get(privacy.level),

@@ -68,5 +68,11 @@ def collapsed(result: dict, majority_accuracy: float) -> bool:
     return max(counts) >= COLLAPSE_SHARE * sum(counts) or result["accuracy"] <= majority_accuracy + COLLAPSE_MARGIN
 
 
+def against_majority(result: dict, train_labels, test_labels, num_labels: int) -> dict:
+    """The majority-class baseline of a test split beside ``result`` on it, and whether ``result`` collapsed."""
+    baseline = majority_baseline(train_labels, test_labels, num_labels)
+    return {**baseline, "collapsed": collapsed(result, baseline["majority_accuracy"])}
+
+
 def evaluate(model: torch.nn.Module, data: TokenizedDataset, num_labels: int, batch_size: int = 64) -> dict[str, float]:
     return scores(predict_logits(model, data, batch_size), data.labels, num_labels)

@@ -8,6 +8,11 @@ partition) swapped, plus the grid's method and privacy setting: no per-task tuni
   agnews     AG News, 4 topics (10,001 train / 2,000 of the 7,600 test rows)       [held out]
   agnews_imb AG News World vs Sci/Tech, 85% / 15% in train and test (derived)      [held out]
   sst2_skew  SST-2 with Dirichlet(0.1) over labels: near-one-label clients         [held out]
+  sst2_imb   SST-2 negative vs positive, 85% / 15% in train and test (derived)    [held out, added later]
+  agnews_skew AG News with Dirichlet(0.1) over labels: near-one-label clients      [held out, added later]
+
+The two "added later" tasks were made after the defaults of the previous round were chosen, to
+confirm a change on tasks nobody had looked at.
 
 [tuning] tasks were looked at while choosing the defaults; [held out] ones were not. For each
 task the table gives the majority-class baseline, a non-private linear probe on the frozen
@@ -59,6 +64,29 @@ def derive_agnews_imbalanced(out: Path) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
+def derive_sst2_imbalanced(out: Path) -> tuple[Path, Path]:
+    """Negative (85%) vs positive (15%) SST-2: 8,500 + 1,500 training rows, the test set's 428
+    negatives + 76 positives, each the first rows of its class in file order."""
+    paths = []
+    for split, negatives in (("train", 8500), ("test", None)):
+        rows = list(csv.reader((SHARED / "sst2" / f"{split}.tsv").open(encoding="utf-8"), delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
+        negative_count = min(negatives or len(rows), sum(r[1] == "0" for r in rows))
+        wanted = {"0": negative_count, "1": round(negative_count * 15 / 85)}
+        kept = []
+        for row in rows:  # file order
+            if wanted.get(row[1], 0) > 0:
+                wanted[row[1]] -= 1
+                kept.append(row)
+        path = out / "tasks" / f"sst2_imb_{split}.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\")
+            writer.writerow(["text", "label"])
+            writer.writerows(kept)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
 def task_overrides(task: str, out: Path) -> list[str]:
     sst2 = [f"data.source={SHARED / 'sst2' / 'train.tsv'}", f"data.test_path={SHARED / 'sst2' / 'test.tsv'}",
             "data.text_column=sentence", "data.label_column=label", "data.max_train_samples=20000"]
@@ -72,10 +100,15 @@ def task_overrides(task: str, out: Path) -> list[str]:
         return sst2 + ["partition.alpha=0.1"]
     if task == "agnews":
         return agnews
+    if task == "agnews_skew":
+        return agnews + ["partition.alpha=0.1"]
+    if task == "sst2_imb":
+        train, test = derive_sst2_imbalanced(out)
+        return [f"data.source={train}", f"data.test_path={test}"]
     if task == "agnews_imb":
         train, test = derive_agnews_imbalanced(out)
         return [f"data.source={train}", f"data.test_path={test}"]
-    raise SystemExit(f"unknown task {task}; choose from bbc, sst2, sst2_skew, agnews, agnews_imb")
+    raise SystemExit(f"unknown task {task}; choose from bbc, sst2, sst2_skew, sst2_imb, agnews, agnews_imb, agnews_skew")
 
 
 PRIVACY = {"none": ["privacy.level=none"], "6": ["privacy.target_epsilon=6"], "3": ["privacy.target_epsilon=3"]}

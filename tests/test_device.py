@@ -182,3 +182,32 @@ def test_resume_loads_the_checkpoint_onto_the_trainers_device(tiny_recipe, monke
     run.resume()
     assert asked == [torch.device("cpu")]
 
+
+# --------------------------------------------------------------------------- benchmarks/gpu_check.py
+def gpu_check():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_without_cuda_exits_2_with_the_way_out(monkeypatch, tiny_recipe, capsys):
+    machine(monkeypatch, gpus=0)
+    assert gpu_check().main([str(tiny_recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "torch sees no CUDA GPU" in err and "--device cpu" in err
+
+
+def test_gpu_check_dry_run_on_the_cpu_trains_resumes_and_measures(tiny_recipe, capsys):
+    args = [str(tiny_recipe), "federation.local_steps=2", "--device", "cpu", "--rounds", "2", "--no-deterministic"]
+    code = gpu_check().main(args)
+    out = capsys.readouterr().out
+    report = json.loads(out[out.index("\n{") + 1 :])  # the JSON report follows the progress lines
+    assert code == 0 and report["verdict"] == "bit-identical", report
+    assert report["resume_check"]["adapter_max_abs_difference"] == 0.0
+    assert report["resumed"]["first_part"]["examples"] > 0 and report["resumed"]["second_part"]["examples"] > 0
+    for run in ("straight", "no_dp"):
+        assert report[run]["tokens"] > report[run]["examples"] > 0 and report[run]["peak_gpu_memory_mb"] is None
+    assert report["dp_overhead"] > -1

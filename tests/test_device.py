@@ -183,6 +183,86 @@ def test_resume_loads_the_checkpoint_onto_the_trainers_device(tiny_recipe, monke
     assert asked == [torch.device("cpu")]
 
 
+
+# --------------------------------------------------------------------------- generators by device
+ELSEWHERE = torch.device("cuda", 3)  # a device the trainer claims; the spies stop before it is used
+
+
+class ReachedElsewhere(Exception):
+    """Raised by a spy once a generator or a batch is asked for on ``ELSEWHERE``."""
+
+
+def spy_noise_generator(monkeypatch, module) -> list[torch.device]:
+    """Record the device of every ``noise_generator`` call in ``module``; stop at ``ELSEWHERE``."""
+    asked = []
+    real = module.noise_generator
+
+    def spy(secure_mode, seed, device="cpu"):
+        asked.append(torch.device(device))
+        if torch.device(device) == ELSEWHERE:
+            raise ReachedElsewhere
+        return real(secure_mode, seed, device)
+
+    monkeypatch.setattr(module, "noise_generator", spy)
+    return asked
+
+
+def tiny_run(tiny_recipe, overrides: list[str]):
+    from fedlora_cli.federation.engine import FederatedRun
+    from fedlora_cli.federation.experiment import build_experiment
+    from fedlora_cli.report.console import JsonLinesReporter
+    from fedlora_cli.validate import check_recipe
+
+    checked = check_recipe(str(tiny_recipe), overrides)
+    experiment = build_experiment(checked.recipe, checked.train, checked.test, checked.client_indices)
+    return FederatedRun(experiment, RunDir.at(tiny_recipe.parent / "run"), JsonLinesReporter())
+
+
+def test_dp_sgd_noise_is_drawn_on_the_trainers_device_and_batches_on_the_cpu(tiny_recipe, monkeypatch):
+    import fedlora_cli.federation.client as client_module
+
+    run = tiny_run(tiny_recipe, [])
+    asked = spy_noise_generator(monkeypatch, client_module)
+    run.trainer.device = ELSEWHERE
+    with pytest.raises(ReachedElsewhere):
+        run.trainer.train(run.exp.client_data[0], 1, seed=0, noise=run._noise(0))
+    assert asked == [torch.device("cpu"), ELSEWHERE]  # Poisson batches, then the DPOptimizer's noise
+
+
+
+def test_training_batches_go_to_the_trainers_device(tiny_recipe, monkeypatch):
+    from fedlora_cli.data.batching import TokenizedDataset
+
+    asked = []
+
+    def spy(self, indices, device="cpu"):
+        asked.append(torch.device(device))
+        raise ReachedElsewhere
+
+    run = tiny_run(tiny_recipe, ["privacy.level=none"])
+    monkeypatch.setattr(TokenizedDataset, "batch", spy)
+    run.trainer.device = ELSEWHERE
+    with pytest.raises(ReachedElsewhere):
+        run.trainer.train(run.exp.client_data[0], 1, seed=0, noise=None)
+    assert asked == [ELSEWHERE]
+
+def test_client_level_server_noise_is_drawn_on_the_trainers_device(tiny_recipe, monkeypatch):
+    import fedlora_cli.federation.engine as engine_module
+    from fedlora_cli.federation.client import LocalResult
+
+    class EchoClients:  # every sampled client sends the global adapter back unchanged
+        def train(self, run, round_index, tasks):
+            return {task.client: LocalResult(dict(run.global_state), 0.5, 1, 1) for task in tasks}
+
+    run = tiny_run(tiny_recipe, ["privacy.level=client", "method.name=fedavg", "federation.clients_per_round=4"])
+    run.clients = EchoClients()
+    asked = spy_noise_generator(monkeypatch, engine_module)
+    run.trainer.device = ELSEWHERE
+    with pytest.raises(ReachedElsewhere):
+        run._round(0)
+    assert asked == [ELSEWHERE]
+
+
 # --------------------------------------------------------------------------- benchmarks/gpu_check.py
 def gpu_check():
     import importlib.util

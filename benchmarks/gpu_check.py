@@ -16,10 +16,11 @@ the peak GPU memory (``torch.cuda.max_memory_allocated``). It then compares the 
 the straight one (per-round metrics without timings, and the final adapter tensors) and gives the
 DP overhead: seconds per training token with DP over seconds per token without, minus 1.
 
-By default the runs use ``torch.use_deterministic_algorithms(True)`` (with
-``CUBLAS_WORKSPACE_CONFIG=:4096:8``), so a resumed run can be bit-identical on the GPU too;
-``--no-deterministic`` measures the faster default kernels, under which the resumed run may differ
-in the last bits (it must still be within ``--atol``).
+By default the runs use ``torch.use_deterministic_algorithms(True, warn_only=True)`` (with
+``CUBLAS_WORKSPACE_CONFIG=:4096:8``), so a resumed run can be bit-identical on the GPU too (an op
+without a deterministic CUDA kernel warns, and the resumed run may then differ in the last bits);
+``--no-deterministic`` measures the faster default kernels. On a GPU a resumed run passes when it
+is bit-identical or its adapter is within ``--atol`` of the straight run's.
 
 Exit codes: 0 the resumed run matches, 1 it does not, 2 bad input or no CUDA GPU (``--device cpu``
 makes a dry run on the CPU, where the resumed run must be bit-identical).
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     if args.deterministic:
-        torch.use_deterministic_algorithms(True)
+        torch.use_deterministic_algorithms(True, warn_only=True)  # an op without a deterministic kernel warns
     common = [*args.overrides, f"federation.device={args.device}", f"federation.rounds={args.rounds}"]
     results = {}
     try:

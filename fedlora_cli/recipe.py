@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedlora_cli.bounded import expanded_size, short_repr
+from fedlora_cli.device import check_device_setting
 from fedlora_cli.errors import InputError
 
 DEFAULT_RECIPE = "default"
@@ -115,6 +116,12 @@ class FederationConfig(Section):
         description="forward-pass precision: bfloat16 (CPU autocast), float32, or auto (bfloat16 where the CPU "
         "has native bfloat16 instructions); DP math stays float32",
     )
+    device: str = Field(
+        "auto",
+        description="where the model trains and evaluates: auto (CUDA when present, else cpu), cpu, cuda, cuda:N or mps; "
+        "see docs/devices.md",
+    )
+    _known_device = field_validator("device")(check_device_setting)
     server_optimizer: Literal["none", "momentum", "adagrad", "adam", "yogi"] = Field(
         "none",
         description="optimizer the server applies to the averaged update (FedAvgM: momentum; FedAdagrad/FedAdam/FedYogi); "

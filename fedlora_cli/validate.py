@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from fedlora_cli.data.partition import partition
 from fedlora_cli.data.sources import BUILTIN_SOURCES, TextDataset, load_datasets
+from fedlora_cli.device import device_problems
 from fedlora_cli.errors import InputError
 from fedlora_cli.privacy.limits import PRV_MAX_STEPS
 from fedlora_cli.privacy.secure_random import secure_mode_problem
@@ -151,6 +152,7 @@ def check_recipe(name_or_path: str | None, overrides: list[str] | None = None) -
         privacy = recipe.privacy
         if privacy.level != "none" and privacy.secure_mode and secure_mode_problem():
             problems.append(secure_mode_problem())
+        problems += device_problems(fed.device, privacy.level != "none" and privacy.secure_mode)
         if privacy.level != "none" and privacy.noise_multiplier == 0:
             problems.append(
                 f"privacy.noise_multiplier=0 with privacy.level={privacy.level} adds no noise: epsilon is infinite; "

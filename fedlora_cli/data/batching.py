@@ -30,8 +30,8 @@ class TokenizedDataset:
         types = [self.token_type_ids[i] for i in idx] if self.token_type_ids is not None else None
         return TokenizedDataset([self.input_ids[i] for i in idx], types, self.labels[idx], self.pad_token_id)
 
-    def batch(self, indices) -> dict[str, torch.Tensor]:
-        """A padded batch (input_ids, attention_mask, [token_type_ids], labels) of ``indices``."""
+    def batch(self, indices, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """A padded batch (input_ids, attention_mask, [token_type_ids], labels) of ``indices``, on ``device``."""
         indices = [int(i) for i in indices]
         width = max((len(self.input_ids[i]) for i in indices), default=1)
         ids = torch.full((len(indices), width), self.pad_token_id, dtype=torch.long)
@@ -46,7 +46,7 @@ class TokenizedDataset:
         batch = {"input_ids": ids, "attention_mask": mask, "labels": self.labels[indices]}
         if types is not None:
             batch["token_type_ids"] = types
-        return batch
+        return {key: value.to(device) for key, value in batch.items()}
 
     def length_sorted_chunks(self, indices, chunk_size: int) -> list[list[int]]:
         """``indices`` sorted by sequence length, cut into chunks of ``chunk_size``.

@@ -18,6 +18,7 @@ import torch
 from fedlora_cli.data.batching import tokenize
 from fedlora_cli.data.partition import partition
 from fedlora_cli.data.sources import TextDataset, load_datasets, load_labeled_file
+from fedlora_cli.device import resolve_device
 from fedlora_cli.errors import InputError, first_line
 from fedlora_cli.federation.evaluate import against_majority, evaluate
 from fedlora_cli.federation.run_dir import ADAPTER_DIR, RunDir, read_tensors
@@ -63,7 +64,8 @@ def resolve_target(run_dir: str | Path | None, adapter: str | Path | None, recip
 
 
 def load_adapter_model(recipe: Recipe, adapter_dir: str | Path, num_labels: int) -> torch.nn.Module:
-    """The base model (head seeded by ``federation.seed``) with the saved adapter, in eval mode.
+    """The base model (head seeded by ``federation.seed``) with the saved adapter, in eval mode,
+    on ``federation.device``.
 
     When ``adapter_dir/base_weights.safetensors`` exists (methods that fold updates into the
     frozen weights: fedex, flora), its tensors, keyed by LoRA module name, replace the base
@@ -85,7 +87,7 @@ def load_adapter_model(recipe: Recipe, adapter_dir: str | Path, num_labels: int)
     base_file = adapter_dir / BASE_WEIGHTS_FILE
     if base_file.is_file():
         restore_base_weights(lora_modules(model), read_tensors(base_file), str(base_file))
-    model.eval()
+    model.to(resolve_device(recipe.federation.device)).eval()
     return model
 
 

@@ -18,7 +18,8 @@ from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 
 from fedlora_cli.data.batching import TokenizedDataset, poisson_batch, uniform_batch
-from fedlora_cli.federation.precision import resolve_precision
+from fedlora_cli.device import model_device
+from fedlora_cli.federation.precision import autocast, resolve_precision
 from fedlora_cli.models import is_head_parameter
 from fedlora_cli.privacy.client_level import noise_generator
 from fedlora_cli.recipe import FederationConfig
@@ -59,10 +60,10 @@ def make_optimizer(named_params: list[tuple[str, torch.nn.Parameter]], cfg: Fede
 
 
 def classification_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], precision: str = "float32") -> torch.Tensor:
-    """Mean cross-entropy. With ``bfloat16`` only the forward pass runs under CPU autocast:
+    """Mean cross-entropy. With ``bfloat16`` only the forward pass runs under autocast on the batch's device:
     backward hooks, per-sample clipping, noise and the optimizer step stay in float32."""
     inputs = {key: value for key, value in batch.items() if key != "labels"}
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+    with autocast(batch["input_ids"].device, precision):
         logits = model(**inputs).logits
     return F.cross_entropy(logits.float(), batch["labels"])
 
@@ -89,7 +90,8 @@ class LocalTrainer:
         self.cfg = cfg
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.names = [name for name, p in model.named_parameters() if p.requires_grad]
-        self.precision = resolve_precision(cfg.precision)
+        self.device = model_device(model)
+        self.precision = resolve_precision(cfg.precision, self.device)
         self.forward_model = GradSampleModule(model, loss_reduction="mean") if private else model
 
     def train(self, data: TokenizedDataset, steps: int, seed: int, noise: ClientNoise | None) -> LocalResult:
@@ -104,7 +106,7 @@ class LocalTrainer:
                 max_grad_norm=noise.max_grad_norm,
                 expected_batch_size=max(1, round(noise.sample_rate * len(data))),
                 loss_reduction="mean",
-                generator=noise_generator(noise.secure_mode, derive_seed(seed, "noise")),
+                generator=noise_generator(noise.secure_mode, derive_seed(seed, "noise"), self.device),
                 secure_mode=noise.secure_mode,
             )
         self.model.train()
@@ -144,7 +146,7 @@ class LocalTrainer:
         chunks = data.length_sorted_chunks(indices, self.cfg.microbatch_size)
         total_loss = 0.0
         for position, chunk in enumerate(chunks):
-            loss = classification_loss(self.forward_model, data.batch(chunk), self.precision)
+            loss = classification_loss(self.forward_model, data.batch(chunk, self.device), self.precision)
             if dp_optimizer is None:
                 (loss * (len(chunk) / len(indices))).backward()
             else:
@@ -160,4 +162,4 @@ class LocalTrainer:
     def _empty_batch(self) -> None:
         """A Poisson draw can be empty: the DP step then adds noise to a zero gradient."""
         for p in self.params:
-            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)

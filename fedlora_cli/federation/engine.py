@@ -120,7 +120,7 @@ class FederatedRun:
 
     def resume(self) -> None:
         """Load the run directory's checkpoint into this run."""
-        loaded = self.run_dir.load_checkpoint()
+        loaded = self.run_dir.load_checkpoint(self.trainer.device)
         if loaded is None:
             return
         tensors, meta = loaded
@@ -237,7 +237,8 @@ class FederatedRun:
             self.committed_optimizer = self.method.server_optimizer.state(SERVER_PREFIX)
         if self.client_dp is not None:
             client_dp = replace(self.client_dp)  # privatize moves its clip and round count
-            generator = noise_generator(self.recipe.privacy.secure_mode, derive_seed(self.fed.seed, round_index, "server-noise"))
+            seed = derive_seed(self.fed.seed, round_index, "server-noise")
+            generator = noise_generator(self.recipe.privacy.secure_mode, seed, self.trainer.device)
             global_state = client_dp.aggregate(self.method, self.global_state, uploads, round_index, generator)
         else:
             global_state = self.method.aggregate(self.global_state, uploads, self._weights(trained), round_index)
@@ -359,6 +360,7 @@ class FederatedRun:
             "bytes_down_total": sum(m["bytes_down"] for m in self.state.metrics),
             "stopped": self.state.stopped,
             "precision": self.trainer.precision,
+            "device": str(self.trainer.device),
             "wall_seconds": self.state.elapsed,
         }
         if self.client_dp is not None:
@@ -392,6 +394,7 @@ class FederatedRun:
             "resumed_at_round": self.state.rounds_done,
             "privacy_level": privacy.level,
             "precision": self.trainer.precision,
+            "device": str(self.trainer.device),
         }
         if self.plan is not None:
             info["noise_multipliers"] = sorted({round(b.noise_multiplier, 4) for b in self.plan.clients})

@@ -7,18 +7,20 @@ import torch
 import torch.nn.functional as F
 
 from fedlora_cli.data.batching import TokenizedDataset
+from fedlora_cli.device import model_device
 
 
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, data: TokenizedDataset, batch_size: int = 64) -> torch.Tensor:
-    """Logits for every example, in dataset order (batched by length for speed)."""
+    """Logits for every example, in dataset order (batched by length for speed), on the CPU;
+    the model runs on its own device."""
     was_training = model.training
     model.eval()
     logits = None
     for indices in data.length_sorted_batches(batch_size):
-        batch = data.batch(indices)
+        batch = data.batch(indices, model_device(model))
         batch.pop("labels")
-        out = model(**batch).logits.float()
+        out = model(**batch).logits.float().cpu()
         if logits is None:
             logits = torch.empty((len(data), out.shape[-1]))
         logits[indices] = out

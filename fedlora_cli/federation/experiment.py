@@ -10,6 +10,7 @@ import torch
 
 from fedlora_cli.data.batching import TokenizedDataset, tokenize
 from fedlora_cli.data.sources import TextDataset
+from fedlora_cli.device import resolve_device
 from fedlora_cli.errors import InputError
 from fedlora_cli.methods import get_method_class
 from fedlora_cli.methods.base import Method
@@ -38,14 +39,15 @@ class Experiment:
 
 
 def build_model(recipe: Recipe, num_labels: int) -> tuple[torch.nn.Module, Method]:
-    """Base model + LoRA adapter, trainable parameters set by the method (one model for all clients)."""
+    """Base model + LoRA adapter, trainable parameters set by the method (one model for all clients),
+    on ``federation.device``."""
     base = load_base_model(recipe.model.name, num_labels, recipe.federation.seed, recipe.model.pooling)
     model = add_lora(base, recipe.model, recipe.federation.seed)
     method = get_method_class(recipe.method.name)(recipe, lora_modules(model))
     method.setup()
     for name, param in model.named_parameters():
         param.requires_grad_(method.is_trainable(name))
-    return model, method
+    return model.to(resolve_device(recipe.federation.device)), method
 
 
 def build_experiment(

@@ -64,7 +64,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    atomic_write_bytes(path, save({k: v.detach().contiguous() for k, v in tensors.items()}))
+    atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
 
 
 def read_json(path: Path, fix: str = DAMAGED):
@@ -75,11 +75,11 @@ def read_json(path: Path, fix: str = DAMAGED):
         raise InputError(f"{path}: not valid JSON ({first_line(exc)}); {fix}") from None
 
 
-def read_tensors(path: Path, fix: str = DAMAGED) -> dict[str, torch.Tensor]:
-    """The tensors in safetensors file ``path``; InputError naming the file and ``fix`` when it is
-    missing, empty or truncated."""
+def read_tensors(path: Path, fix: str = DAMAGED, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors in safetensors file ``path``, loaded onto ``device``; InputError naming the file
+    and ``fix`` when it is missing, empty or truncated."""
     try:
-        return load_file(str(path))
+        return load_file(str(path), device=str(device))
     except (OSError, SafetensorError) as exc:
         raise InputError(f"{path}: cannot be read ({first_line(exc)}); {fix}") from None
 
@@ -197,7 +197,7 @@ class RunDir:
         tmp = Path(tempfile.mkdtemp(dir=self.path, prefix=f".{ADAPTER_DIR}."))  # new, never a planted link
         peft_model.save_pretrained(str(tmp))
         if base_weights:
-            save_file({k: v.detach().contiguous() for k, v in base_weights.items()}, str(tmp / "base_weights.safetensors"))
+            save_file({k: v.detach().cpu().contiguous() for k, v in base_weights.items()}, str(tmp / "base_weights.safetensors"))
         os.chmod(tmp, 0o755)
         old = Path(tempfile.mkdtemp(dir=self.path, prefix=f".{ADAPTER_DIR}.old."))
         if self.adapter_path.exists():
@@ -221,9 +221,9 @@ class RunDir:
             if stale.name != state_name:
                 stale.unlink()
 
-    def load_checkpoint(self) -> tuple[dict[str, torch.Tensor], dict] | None:
-        """The checkpoint's tensors and meta; its ``state_file`` must be a ``state-NNNNN.safetensors``
-        file inside ``checkpoint/`` (InputError otherwise)."""
+    def load_checkpoint(self, device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], dict] | None:
+        """The checkpoint's tensors (loaded onto ``device``; saved as CPU tensors) and meta; its
+        ``state_file`` must be a ``state-NNNNN.safetensors`` file inside ``checkpoint/`` (InputError otherwise)."""
         meta_path = self.checkpoint_path / CHECKPOINT_META
         refuse_symlink(self.checkpoint_path)
         refuse_symlink(meta_path)
@@ -239,7 +239,7 @@ class RunDir:
                 f"(got {str(state_file)[:80]!r}); the checkpoint is damaged, start a new run"
             )
         refuse_symlink(self.checkpoint_path / state_file)
-        return read_tensors(self.checkpoint_path / state_file), meta
+        return read_tensors(self.checkpoint_path / state_file, device=device), meta
 
 
 def check_run_meta(meta: dict, path: Path) -> None:

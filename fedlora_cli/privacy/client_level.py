@@ -47,6 +47,7 @@ from dataclasses import dataclass
 import torch
 from opacus.optimizers.optimizer import _generate_noise
 
+from fedlora_cli.device import seeded_generator
 from fedlora_cli.errors import InputError
 from fedlora_cli.privacy.accountants import calibrate_noise, epsilon
 from fedlora_cli.privacy.secure_random import secure_mode_problem
@@ -118,10 +119,10 @@ def effective_noise_multiplier(update_multiplier: float, count_stddev: float | N
     return (update_multiplier**-2 + (2 * count_stddev) ** -2) ** -0.5
 
 
-def noise_generator(secure_mode: bool, seed: int) -> torch.Generator:
+def noise_generator(secure_mode: bool, seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     """The generator for DP noise and secret sampling.
 
-    Normally seeded with ``seed`` (reproducible, resumable). With ``secure_mode`` the seed is
+    Normally seeded with ``seed``, on ``device`` (reproducible, resumable). With ``secure_mode`` the seed is
     ignored: torchcsprng's ``/dev/urandom`` generator (what Opacus's PrivacyEngine uses), the
     samples then drawn with Opacus's floating-point-attack-resistant sampler; without
     torchcsprng secure mode is an InputError (:func:`secure_mode_problem`), never a fallback.
@@ -133,7 +134,7 @@ def noise_generator(secure_mode: bool, seed: int) -> torch.Generator:
         import torchcsprng  # type: ignore[import-not-found]
 
         return torchcsprng.create_random_device_generator("/dev/urandom")
-    return torch.Generator().manual_seed(seed)
+    return seeded_generator(seed, device)
 
 
 def update_norm(delta: State) -> float:

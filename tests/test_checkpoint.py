@@ -1,5 +1,5 @@
 """Checkpoint and resume (fedlora_cli/federation/checkpoint.py): the consistent cut around a
-server step, and a run without a checkpoint."""
+server step, and a checkpoint whose meta.json is missing."""
 
 from __future__ import annotations
 
@@ -28,6 +28,18 @@ def one_round_run(tiny_recipe, out):
     assert result.exit_code == 0, result.output
     (out / "summary.json").unlink()  # as if it stopped before the end
     return out
+
+
+def test_resume_without_meta_json_but_with_a_state_file_exits_2_and_writes_nothing(tiny_recipe, tmp_path):
+    run = one_round_run(tiny_recipe, tmp_path / "run")
+    meta = run / "checkpoint" / "meta.json"
+    meta.unlink()
+    before = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
+    result = train("--resume", str(run))
+    assert result.exit_code == 2, result.output
+    assert f"{meta}: missing, but {run / 'checkpoint'} holds state-00002.safetensors" in result.output
+    assert "Restore meta.json from a copy, or delete" in result.output and "Traceback" not in result.output
+    assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before
 
 
 def test_resume_without_any_checkpoint_starts_again_from_round_0(tiny_recipe, tmp_path):

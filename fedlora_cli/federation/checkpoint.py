@@ -12,8 +12,9 @@ The server step of a round changes the base weights in place and replaces the op
 while a round is in flight (Ctrl-C, an error) still holds the previous round's, and
 :meth:`Checkpoint.release` drops them when the round is committed.
 
-Resume refuses (InputError, naming the file and the fix) a damaged checkpoint and one whose
-recipe changed.
+Resume refuses (InputError, naming the file and the fix) a damaged checkpoint, one whose
+recipe changed, and a ``checkpoint/`` whose state file is there but ``meta.json`` is not; only a
+run without any checkpoint starts again from round 0.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class Checkpoint:
         """Load the checkpoint into the method (base weights, optimizer state) and the policy;
         return the global adapter (in ``key_order`` first: noise is drawn tensor by tensor) and
         the run state. None when the run has no checkpoint."""
+        self._refuse_orphaned_state()
         loaded = self.run_dir.load_checkpoint()
         if loaded is None:
             return None
@@ -113,6 +115,18 @@ class Checkpoint:
             elapsed=meta.get("elapsed", 0.0),
         )
         return {**{k: adapter[k] for k in key_order if k in adapter}, **adapter}, state
+
+    def _refuse_orphaned_state(self) -> None:
+        """InputError when ``checkpoint/`` holds a state file but no ``meta.json``: resuming from
+        round 0 would silently throw the run's progress away."""
+        directory = self.run_dir.checkpoint_path
+        meta_path = directory / CHECKPOINT_META
+        states = sorted(path.name for path in directory.glob("state-*.safetensors")) if directory.is_dir() else []
+        if states and not meta_path.exists():
+            raise InputError(
+                f"{meta_path}: missing, but {directory} holds {', '.join(states)}: the checkpoint is incomplete. "
+                f"Restore meta.json from a copy, or delete {directory} to run again from round 0"
+            )
 
     def _saved_recipe(self) -> dict:
         """The resolved recipe as a checkpoint stores it (JSON types), to spot a changed recipe.yaml."""

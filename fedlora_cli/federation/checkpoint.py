@@ -22,17 +22,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-import torch
-
 from fedlora_cli.errors import InputError
 from fedlora_cli.federation.run_dir import CHECKPOINT_META, RunDir, check_run_meta
-from fedlora_cli.methods.base import Method, restore_base_weights
+from fedlora_cli.methods.base import Method, State, restore_base_weights
 from fedlora_cli.privacy.policy import PrivacyPolicy
 from fedlora_cli.recipe import Recipe, recipe_changes
 
 BASE_PREFIX = "base::"
 SERVER_PREFIX = "server::"  # the server optimizer's state in a checkpoint
-State = dict[str, torch.Tensor]
 
 
 @dataclass

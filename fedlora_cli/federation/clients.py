@@ -17,13 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import torch
-
 from fedlora_cli.data.batching import TokenizedDataset
 from fedlora_cli.federation.client import ClientNoise, LocalResult, LocalTrainer
+from fedlora_cli.methods.base import State
 from fedlora_cli.models import load_adapter_state
-
-State = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,9 @@ from fedlora_cli.federation.checkpoint import RunState
 from fedlora_cli.federation.evaluate import against_majority, predict_logits
 from fedlora_cli.federation.experiment import Experiment
 from fedlora_cli.federation.run_dir import RunDir
+from fedlora_cli.methods.base import State
 from fedlora_cli.models import load_adapter_state
 from fedlora_cli.privacy.policy import PrivacyPolicy
-
-State = dict[str, torch.Tensor]
 
 
 def export_adapter(experiment: Experiment, run_dir: RunDir, global_state: State) -> None:

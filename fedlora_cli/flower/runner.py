@@ -23,14 +23,12 @@ from __future__ import annotations
 
 from collections import Counter
 
-import torch
 from flwr.app import ArrayRecord, Message, MessageType
 from flwr.serverapp import Grid
 
 from fedlora_cli.federation.clients import ClientReplies, ClientTask
 from fedlora_cli.flower import wire
-
-State = dict[str, torch.Tensor]
+from fedlora_cli.methods.base import State
 
 
 def arrays(state: State) -> ArrayRecord:

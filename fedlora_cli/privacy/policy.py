@@ -28,12 +28,11 @@ import numpy as np
 import torch
 
 from fedlora_cli.federation.client import ClientNoise
+from fedlora_cli.methods.base import State
 from fedlora_cli.privacy.client_level import EPSILON_SCOPE, ClientLevelDP, noise_generator
 from fedlora_cli.privacy.sample_level import SampleLevelPlan
 from fedlora_cli.recipe import Recipe
 from fedlora_cli.seeding import derive_seed
-
-State = dict[str, torch.Tensor]
 
 
 class PrivacyPolicy:

@@ -154,3 +154,49 @@ def test_client_level_notes_that_it_ignores_client_weighting():
     uniform = recipe("client").model_copy(deep=True)
     uniform.federation.client_weighting = "uniform"
     assert build_policy(uniform, SIZES).notes() == []
+
+
+def test_a_new_level_is_one_subclass_and_the_round_loop_asks_it_in_order(tiny_recipe, tmp_path, monkeypatch):
+    """The round loop calls only the policy interface: a policy registered under a level runs
+    a real (tiny) run, and its hooks are called in the order of the algorithm."""
+    from fedlora_cli.federation.engine import FederatedRun
+    from fedlora_cli.federation.experiment import build_experiment
+    from fedlora_cli.federation.run_dir import RunDir
+    from fedlora_cli.privacy import policy as policies
+    from fedlora_cli.report.console import NullReporter
+    from fedlora_cli.validate import check_recipe
+
+    calls = []
+
+    class Recording(NoPrivacy):
+        def sample(self, seed):
+            calls.append("sample")
+            return super().sample(seed)
+
+        def stop_reason(self, round_index, sampled):
+            calls.append("stop_reason")
+            return "stopped before round 2: recorded" if round_index == 1 else None
+
+        def noise_for(self, client):
+            calls.append("noise_for")
+            return None
+
+        def aggregate(self, method, global_state, uploads, weights, round_index):
+            calls.append("aggregate")
+            return super().aggregate(method, global_state, uploads, weights, round_index)
+
+        def charge(self, steps, released=True):
+            calls.append(("charge", released, sorted(steps)))
+            super().charge(steps, released)
+
+    monkeypatch.setitem(policies.POLICIES, "none", Recording)
+    checked = check_recipe(str(tiny_recipe), ["privacy.level=none", "federation.rounds=3"])
+    experiment = build_experiment(checked.recipe, checked.train, checked.test, checked.client_indices)
+    run = FederatedRun(experiment, RunDir.at(tmp_path / "run"), NullReporter())
+    summary = run.run()
+    charge = [call for call in calls if call[0] == "charge"]
+    assert len(charge) == 2 and charge[0][1] is False and charge[0][2] == []  # late replies: none in-process
+    sampled = charge[1][2]
+    assert calls == ["sample", "stop_reason", "noise_for", "noise_for", charge[0], "aggregate", charge[1], "sample", "stop_reason"]
+    assert summary["stopped"] == "stopped before round 2: recorded" and summary["rounds_completed"] == 1
+    assert summary["client_steps"] == [3 if k in sampled else 0 for k in range(4)]

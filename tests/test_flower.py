@@ -30,6 +30,7 @@ import pytest
 from safetensors.torch import load_file
 
 from fedlora_cli.errors import RunError
+from fedlora_cli.federation.client import LocalTrainer
 from fedlora_cli.federation.clients import InProcessClients
 from fedlora_cli.federation.engine import FederatedRun
 from fedlora_cli.federation.experiment import build_experiment
@@ -51,19 +52,23 @@ RUN_SECONDS = 420  # hard limit per Flower run; a loaded 2-core machine needs ~3
 class DroppingClients(InProcessClients):
     """In-process clients, except that ``drop[round_index]`` clients never answer."""
 
-    def __init__(self, drop: dict[int, set[int]]):
+    def __init__(self, experiment, drop: dict[int, set[int]]):
+        fed = experiment.recipe.federation
+        trainer = LocalTrainer(experiment.model, fed, private=experiment.recipe.privacy.level == "sample")
+        super().__init__(trainer, experiment.client_data, fed.local_steps)
         self.drop = drop
 
-    def train(self, run, round_index, tasks):
+    def train(self, round_index, tasks, global_state, base):
         kept = [task for task in tasks if task.client not in self.drop.get(round_index, set())]
-        return super().train(run, round_index, kept)
+        return super().train(round_index, kept, global_state, base)
 
 
-def in_process_run(recipe: Path, overrides: list[str], out: Path, clients=None) -> dict:
+def in_process_run(recipe: Path, overrides: list[str], out: Path, drop: dict[int, set[int]] | None = None) -> dict:
     checked = check_recipe(str(recipe), overrides)
     experiment = build_experiment(checked.recipe, checked.train, checked.test, checked.client_indices)
     run_dir = RunDir.at(out)
     run_dir.write_recipe(dump_recipe(checked.recipe))
+    clients = DroppingClients(experiment, drop) if drop else None
     return FederatedRun(experiment, run_dir, NullReporter(), clients=clients).run()
 
 
@@ -138,7 +143,7 @@ def test_wire_round_trip_is_bit_exact():
 def test_dropped_clients_are_not_aggregated_or_charged(tiny_recipe, tmp_path):
     """The engine side of a dropout, in-process: fewer answers than sampled, above the minimum."""
     overrides = [*DROPOUT, "federation.rounds=2"]
-    summary = in_process_run(tiny_recipe, overrides, tmp_path / "drop", DroppingClients({1: {2}}))
+    summary = in_process_run(tiny_recipe, overrides, tmp_path / "drop", {1: {2}})
     metrics, _, _ = read_run(tmp_path / "drop")
     assert [m["clients"] for m in metrics] == [[0, 1, 2], [0, 1]]
     assert "dropped" not in metrics[0] and metrics[1]["dropped"] == [2]
@@ -150,11 +155,11 @@ def test_too_few_answers_fail_the_round_and_keep_the_charges(tiny_recipe, tmp_pa
     overrides = [*DROPOUT, "federation.min_clients_per_round=3"]
     checked = check_recipe(str(tiny_recipe), overrides)
     experiment = build_experiment(checked.recipe, checked.train, checked.test, checked.client_indices)
-    run = FederatedRun(experiment, RunDir.at(tmp_path / "few"), NullReporter(), clients=DroppingClients({1: {0}}))
+    run = FederatedRun(experiment, RunDir.at(tmp_path / "few"), NullReporter(), clients=DroppingClients(experiment, {1: {0}}))
     with pytest.raises(RunError, match="only 2 of 3 sampled clients answered"):
         run.run()
     assert run.state.rounds_done == 1
-    assert run.state.client_steps == [3, 6, 6]  # round 2's answers are charged although not aggregated
+    assert run.policy.client_steps == [3, 6, 6]  # round 2's answers are charged although not aggregated
     assert json.loads((tmp_path / "few" / "checkpoint" / "meta.json").read_text())["client_steps"] == [3, 6, 6]
 
 
@@ -207,7 +212,7 @@ def test_flower_run_equals_in_process_run(tiny_recipe, tmp_path, flower_env):
 def test_supernode_killed_mid_round_does_not_sink_the_round(tiny_recipe, tmp_path, flower_env):
     from fedlora_cli.flower.launch import LocalFederation
 
-    in_process_run(tiny_recipe, DROPOUT, tmp_path / "in-process", DroppingClients({1: {2}}))
+    in_process_run(tiny_recipe, DROPOUT, tmp_path / "in-process", {1: {2}})
     federation = LocalFederation(tmp_path / "flower", nodes=3)
     process = None
     killed = []

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from fedlora_cli.cli import app
 from fedlora_cli.federation import clients, engine, experiment, run_dir
-from fedlora_cli.federation.engine import FederatedRun
 from fedlora_cli.methods import METHODS
+from fedlora_cli.privacy.sample_level import SampleLevelPlan
 from test_flower import read_run as read_run_with_base
 from test_resume import strip_timing
 
@@ -62,10 +62,10 @@ def second_round(index_position: int):
 
 PHASES = {
     # after every sampled client of round 2 trained
-    "training": lambda mp, setting: interrupt_after(mp, clients.InProcessClients, "train", second_round(2)),
+    "training": lambda mp, setting: interrupt_after(mp, clients.InProcessClients, "train", second_round(1)),
     # after round 2's first client was charged, before the second one is: charging is part of the
     # round's commit, which holds the interrupt back until round 2 is complete
-    "accounting": lambda mp, setting: interrupt_after(mp, FederatedRun, "charge", lambda n, _: n == 3),
+    "accounting": lambda mp, setting: interrupt_after(mp, SampleLevelPlan, "charge", lambda n, _: n == 3),
     # after the server step of round 2 (fedex: the base weights already moved)
     "aggregation": lambda mp, setting: interrupt_after(mp, METHODS[SETTINGS[setting][0]], "server_update", second_round(5)),
     # after round 2's evaluation
@@ -130,7 +130,7 @@ def test_ctrl_c_in_any_phase_then_resume_equals_the_uninterrupted_run(
 
 STOPS = {  # phase: (where SIGINT is delivered, whether a run directory with a checkpoint exists by then)
     "loading": (lambda mp: interrupt_after(mp, experiment, "load_tokenizer", lambda n, _: n == 1), False),
-    "training": (lambda mp: interrupt_after(mp, clients.InProcessClients, "train", second_round(2)), True),
+    "training": (lambda mp: interrupt_after(mp, clients.InProcessClients, "train", second_round(1)), True),
     "export": (lambda mp: interrupt_after(mp, run_dir.RunDir, "save_adapter", lambda n, _: n == 1), True),
 }
 

@@ -1,0 +1,83 @@
+"""The end of a run: the adapter saved in PEFT format and checked, and ``summary.json``."""
+
+from __future__ import annotations
+
+import torch
+
+from fedlora_cli.errors import RunError
+from fedlora_cli.federation.artifacts import load_adapter_model
+from fedlora_cli.federation.checkpoint import RunState
+from fedlora_cli.federation.evaluate import against_majority, predict_logits
+from fedlora_cli.federation.experiment import Experiment
+from fedlora_cli.federation.run_dir import RunDir
+from fedlora_cli.methods.base import State
+from fedlora_cli.models import load_adapter_state
+from fedlora_cli.privacy.policy import PrivacyPolicy
+
+
+def export_adapter(experiment: Experiment, run_dir: RunDir, global_state: State) -> None:
+    """Write ``adapter/`` (plus the base weights of methods that change them) from the final
+    global state, then check it (:func:`verify_saved_adapter`)."""
+    model, method = experiment.model, experiment.method
+    load_adapter_state(model, global_state)
+    base = {m.name: m.base_weight for m in method.modules} if method.modifies_base else None
+    with method.exported():
+        run_dir.save_adapter(model, base)
+        verify_saved_adapter(experiment, run_dir)
+
+
+def verify_saved_adapter(experiment: Experiment, run_dir: RunDir, examples: int = 16) -> None:
+    """The saved adapter, reloaded onto a fresh base model, must predict exactly like the trained
+    one on the first ``examples`` test examples (guards against silent corruption such as opacus
+    issue 820)."""
+    test = experiment.test_data
+    probe = test.subset(range(min(examples, len(test))))
+    reloaded = load_adapter_model(experiment.recipe, run_dir.adapter_path, len(experiment.label_names))
+    if not torch.equal(predict_logits(reloaded, probe), predict_logits(experiment.model, probe)):
+        raise RunError(
+            f"the adapter saved in {run_dir.adapter_path} does not reproduce the trained model's "
+            "predictions; the run directory's checkpoint is intact, please report this"
+        )
+
+
+def summarize(
+    experiment: Experiment, run_dir: RunDir, state: RunState, final: dict, policy: PrivacyPolicy, precision: str,
+    device: torch.device,
+) -> dict:
+    """``summary.json``: the final scores (``final``) beside the majority baseline, what privacy
+    was spent, bytes, stop reason and time. Written to the run directory and returned."""
+    recipe = experiment.recipe
+    summary = {
+        "run_dir": str(run_dir.path),
+        "method": recipe.method.name,
+        "rounds_completed": state.rounds_done,
+        "rounds_planned": recipe.federation.rounds,
+        "final_accuracy": final["accuracy"],
+        "final_macro_f1": final["macro_f1"],
+        "final_balanced_accuracy": final["balanced_accuracy"],
+        "final_loss": final["loss"],
+        "predicted_counts": final["predicted_counts"],
+        **against_majority(final, experiment.train.labels, experiment.test_data.labels, len(experiment.label_names)),
+        **policy.summary(),
+        "client_sizes": experiment.client_sizes,
+        "client_steps": policy.client_steps,
+        "bytes_up_total": sum(m["bytes_up"] for m in state.metrics),
+        "bytes_down_total": sum(m["bytes_down"] for m in state.metrics),
+        "stopped": state.stopped,
+        "precision": precision,
+        "device": str(device),
+        "wall_seconds": state.elapsed,
+    }
+    run_dir.write_summary(summary)
+    return summary
+
+
+def collapse_warning(summary: dict) -> str:
+    counts = summary["predicted_counts"]
+    return (
+        f"warning: the final model did not learn the task: it gives one class to {max(counts) / sum(counts):.0%} of "
+        f"the test set (predicted counts {counts}); accuracy {summary['final_accuracy']:.4f} vs "
+        f"{summary['majority_accuracy']:.4f} for always answering the majority class, macro-F1 "
+        f"{summary['final_macro_f1']:.4f}. Try more rounds or local steps, a smaller federation.lr, "
+        "federation.server_optimizer=momentum, or a larger privacy.target_epsilon (see README, 'Defaults that learn')"
+    )

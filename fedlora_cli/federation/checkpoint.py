@@ -20,9 +20,9 @@ run without any checkpoint starts again from round 0.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 
 import torch
-from dataclasses import dataclass, field
 
 from fedlora_cli.errors import InputError
 from fedlora_cli.federation.run_dir import CHECKPOINT_META, RunDir, check_run_meta

@@ -22,6 +22,7 @@ are discarded). A reply that arrives after the *last* round's timeout is not cha
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 from flwr.app import ArrayRecord, Message, MessageType
 from flwr.serverapp import Grid
@@ -72,7 +73,8 @@ class FlowerClients:
             if answered != client:
                 replies.notes.append(f"round {round_index + 1}: node of client {client} answered as client {answered}; ignored")
                 continue
-            replies.results[client] = result
+            device = next(iter(global_state.values())).device  # uploads arrive as CPU tensors
+            replies.results[client] = replace(result, upload={k: v.to(device) for k, v in result.upload.items()})
         answered_ids = {reply.metadata.reply_to_message_id for reply in answers}
         for message, task in zip(messages, tasks):
             if message.metadata.message_id not in answered_ids:

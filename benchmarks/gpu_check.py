@@ -87,15 +87,18 @@ def run_once(recipe: str | None, overrides: list[str], out: Path, stop_after: in
             mask = kwargs.get("attention_mask")
             counters["tokens"] += int(mask.sum()) if mask is not None else kwargs["input_ids"].numel()
 
-    class CountingClients(InProcessClients):
-        def train(self, run, round_index, tasks):
-            synchronize(run.trainer.device)
+    class CountingClients:  # the run's own in-process clients, timed
+        def __init__(self, inner: InProcessClients, device: torch.device):
+            self.inner, self.device = inner, device
+
+        def train(self, round_index, tasks, global_state, base):
+            synchronize(self.device)
             start = time.perf_counter()
-            results = super().train(run, round_index, tasks)
-            synchronize(run.trainer.device)
+            replies = self.inner.train(round_index, tasks, global_state, base)
+            synchronize(self.device)
             counters["client_seconds"] += time.perf_counter() - start
-            counters["examples"] += sum(result.examples for result in results.values())
-            return results
+            counters["examples"] += sum(result.examples for result in replies.results.values())
+            return replies
 
     experiment.model.register_forward_pre_hook(count_tokens, with_kwargs=True)
     if resume:
@@ -103,10 +106,11 @@ def run_once(recipe: str | None, overrides: list[str], out: Path, stop_after: in
     else:
         run_dir = RunDir.at(out)
         run_dir.write_recipe(dump_recipe(checked.recipe))
-    run = FederatedRun(experiment, run_dir, QuietReporter(stop_after), CountingClients())
+    run = FederatedRun(experiment, run_dir, QuietReporter(stop_after))
+    run.clients = CountingClients(run.clients, run.device)
     if resume:
         run.resume()
-    device = run.trainer.device
+    device = run.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:

@@ -176,7 +176,7 @@ def test_resume_loads_the_checkpoint_onto_the_trainers_device(tiny_recipe, monke
     experiment = build_experiment(checked.recipe, checked.train, checked.test, checked.client_indices)
     assert model_device(experiment.model) == torch.device("cpu")
     run = FederatedRun(experiment, RunDir.at(tiny_recipe.parent / "run"), JsonLinesReporter())
-    assert run.trainer.device == torch.device("cpu")
+    assert run.device == torch.device("cpu")
     asked = []
     monkeypatch.setattr(RunDir, "load_checkpoint", lambda self, device="cpu": asked.append(device))
     run.resume()
@@ -192,14 +192,14 @@ class ReachedElsewhere(Exception):
     """Raised by a spy once a generator or a batch is asked for on ``ELSEWHERE``."""
 
 
-def spy_noise_generator(monkeypatch, module) -> list[torch.device]:
-    """Record the device of every ``noise_generator`` call in ``module``; stop at ``ELSEWHERE``."""
+def spy_noise_generator(monkeypatch, module, elsewhere: torch.device = ELSEWHERE) -> list[torch.device]:
+    """Record the device of every ``noise_generator`` call in ``module``; stop at ``elsewhere``."""
     asked = []
     real = module.noise_generator
 
     def spy(secure_mode, seed, device="cpu"):
         asked.append(torch.device(device))
-        if torch.device(device) == ELSEWHERE:
+        if torch.device(device) == elsewhere:
             raise ReachedElsewhere
         return real(secure_mode, seed, device)
 
@@ -223,9 +223,10 @@ def test_dp_sgd_noise_is_drawn_on_the_trainers_device_and_batches_on_the_cpu(tin
 
     run = tiny_run(tiny_recipe, [])
     asked = spy_noise_generator(monkeypatch, client_module)
-    run.trainer.device = ELSEWHERE
+    trainer = run.clients.trainer
+    trainer.device = ELSEWHERE
     with pytest.raises(ReachedElsewhere):
-        run.trainer.train(run.exp.client_data[0], 1, seed=0, noise=run._noise(0))
+        trainer.train(run.exp.client_data[0], 1, seed=0, noise=run.policy.noise_for(0))
     assert asked == [torch.device("cpu"), ELSEWHERE]  # Poisson batches, then the DPOptimizer's noise
 
 
@@ -241,26 +242,24 @@ def test_training_batches_go_to_the_trainers_device(tiny_recipe, monkeypatch):
 
     run = tiny_run(tiny_recipe, ["privacy.level=none"])
     monkeypatch.setattr(TokenizedDataset, "batch", spy)
-    run.trainer.device = ELSEWHERE
+    trainer = run.clients.trainer
+    trainer.device = ELSEWHERE
     with pytest.raises(ReachedElsewhere):
-        run.trainer.train(run.exp.client_data[0], 1, seed=0, noise=None)
+        trainer.train(run.exp.client_data[0], 1, seed=0, noise=None)
     assert asked == [ELSEWHERE]
 
-def test_client_level_server_noise_is_drawn_on_the_trainers_device(tiny_recipe, monkeypatch):
-    import fedlora_cli.federation.engine as engine_module
-    from fedlora_cli.federation.client import LocalResult
 
-    class EchoClients:  # every sampled client sends the global adapter back unchanged
-        def train(self, run, round_index, tasks):
-            return {task.client: LocalResult(dict(run.global_state), 0.5, 1, 1) for task in tasks}
+def test_client_level_server_noise_is_drawn_on_the_global_adapters_device(tiny_recipe, monkeypatch):
+    """The server's DP-FedAvg noise is drawn where the global adapter lives (here the ``meta``
+    device stands in for a GPU: the spy stops before any tensor is touched)."""
+    import fedlora_cli.privacy.policy as policy_module
 
     run = tiny_run(tiny_recipe, ["privacy.level=client", "method.name=fedavg", "federation.clients_per_round=4"])
-    run.clients = EchoClients()
-    asked = spy_noise_generator(monkeypatch, engine_module)
-    run.trainer.device = ELSEWHERE
+    state = {key: value.to("meta") for key, value in run.global_state.items()}
+    asked = spy_noise_generator(monkeypatch, policy_module, torch.device("meta"))
     with pytest.raises(ReachedElsewhere):
-        run._round(0)
-    assert asked == [ELSEWHERE]
+        run.policy.aggregate(run.method, state, [state, state], torch.tensor([0.5, 0.5]), 0)
+    assert asked == [torch.device("meta")]
 
 
 # --------------------------------------------------------------------------- benchmarks/gpu_check.py

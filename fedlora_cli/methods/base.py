@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
 from fedlora_cli.errors import InputError
 from fedlora_cli.methods.server_optimizer import ServerOptimizer
-from fedlora_cli.models import LoraModule, is_head_parameter
-from fedlora_cli.recipe import Recipe
+from fedlora_cli.peft_names import is_head_parameter
+
+if TYPE_CHECKING:  # the recipe schema is built from the methods, so they never import it at run time
+    from fedlora_cli.models import LoraModule
+    from fedlora_cli.recipe import Recipe
 
 State = dict[str, torch.Tensor]
 
@@ -68,13 +71,13 @@ def tensor_bytes(tensors) -> int:
 
 
 class Method:
-    """Base class: subclasses set ``name`` and override what differs from FedAvg-LoRA.
+    """Base class: subclasses override what differs from FedAvg-LoRA and are registered with
+    their option model (:mod:`~fedlora_cli.methods.registry`).
 
-    Built from the recipe (``method`` options, ``model.train_head``, the run seed and
-    ``federation.clients_per_round``) and the model's LoRA modules, before anything trains.
+    Built from the recipe (``method`` options as ``self.cfg``, ``model.train_head``, the run
+    seed and ``federation.clients_per_round``) and the model's LoRA modules, before anything trains.
     """
 
-    name: ClassVar[str]
     trains_a: ClassVar[bool] = True
     modifies_base: ClassVar[bool] = False
     #: True when ``server_update`` needs each client's raw upload (not just the weighted mean),

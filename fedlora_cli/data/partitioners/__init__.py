@@ -1,0 +1,7 @@
+"""Partitioners, one module each: how a training set is split into clients."""
+
+from fedlora_cli.data.partitioners.base import PARTITIONERS, REGISTRY, PartitionOptions
+
+REGISTRY.discover(__name__)
+
+__all__ = ["PARTITIONERS", "REGISTRY", "PartitionOptions"]

@@ -10,6 +10,7 @@ every module in it. Imports under ``if TYPE_CHECKING:`` never run and are not ed
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,10 @@ def test_no_import_cycle_outside_the_h15a_files():
 @pytest.mark.xfail(strict=False, reason="h15a branch removes it (federation/clients.py ↔ engine.py, flower/serve.py ↔ server_app.py)")
 def test_no_import_cycle_at_all():
     assert cycles(import_graph()) == []
+
+
+def test_every_package_is_shipped():
+    """The registries discover modules in their packages: a package left out of the wheel loses its choices."""
+    config = tomllib.loads((ROOT.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    packages = {module_name(path) for path in ROOT.rglob("__init__.py")}
+    assert packages <= set(config["tool"]["setuptools"]["packages"])

@@ -24,6 +24,7 @@ from fedlora_cli.privacy.secure_random import secure_mode_problem
 from fedlora_cli.recipe import (
     DataConfig,
     FederationConfig,
+    ModelConfig,
     Recipe,
     apply_overrides,
     parse_recipe,
@@ -103,6 +104,26 @@ def plan_privacy(recipe: Recipe, client_sizes: list[int]):
     if recipe.privacy.level == "sample":
         return SampleLevelPlan.build(recipe.privacy, recipe.federation, client_sizes)
     return ClientLevelDP.build(recipe.privacy, recipe.federation, recipe.method.name)
+
+
+def check_rank(model_cfg: ModelConfig) -> None:
+    """``model.rank`` against the adapted layers' shapes, as training checks it
+    (:func:`fedlora_cli.models._check_rank`), on a skeleton of the model built from its config on
+    the meta device (no weights are read or allocated). Raises InputError naming the layer and the
+    largest allowed rank; a model that cannot be loaded is left to the loader's own error."""
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from fedlora_cli.models import LOCAL_CODE_FREE, _check_rank, resolve_model_path
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(model_cfg.name), **LOCAL_CODE_FREE)
+    except (OSError, ValueError):
+        return
+    with torch.device("meta"):
+        skeleton = AutoModelForSequenceClassification.from_config(config)
+    _check_rank(skeleton, LoraConfig(r=model_cfg.rank, target_modules=list(model_cfg.target_modules)))
 
 
 def _data_problems(data: DataConfig, fed: FederationConfig | None, part: PartitionOptions | None):

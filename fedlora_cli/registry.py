@@ -1,12 +1,13 @@
-"""Registries of choices that own their options: aggregation methods, partitioners, accountants.
+"""Registries of choices that own their options: aggregation methods and partitioners.
 
 A choice is one module in its package. It registers its implementation under a name together
 with a pydantic model of its own options (as peft's ``register_peft_method(name, config_cls,
 model_cls)``); the option model has a field ``key`` (``name`` for methods, ``method`` for
 partitioners) whose type is ``Literal[<name>]``. The package's ``__init__`` calls
-:meth:`Registry.discover`, which imports every module of the package, so adding a choice is
-adding one module. The recipe schema is built from the registries: :meth:`Registry.choice`
-is a discriminated union on ``key`` of every registered option model.
+:func:`discover`, which imports every module of the package, so adding a choice is adding one
+module (accountants, which have no options, are found the same way). The recipe schema is built
+from the registries: :meth:`Registry.choice` is a discriminated union on ``key`` of every
+registered option model.
 """
 
 from __future__ import annotations
@@ -56,10 +57,6 @@ class Registry(Generic[T]):
             return implementation
 
         return add
-
-    def discover(self, package: str) -> None:
-        """Import every module of ``package`` (each registers its choice)."""
-        discover(package)
 
     def names(self) -> list[str]:
         return sorted(self.options)

@@ -23,7 +23,7 @@ from fedlora_cli.bounded import expanded_size, short_repr
 from fedlora_cli.data.partitioners import REGISTRY as PARTITIONERS
 from fedlora_cli.errors import InputError
 from fedlora_cli.methods import REGISTRY as METHODS
-from fedlora_cli.privacy.accountants.base import ACCOUNTANTS
+from fedlora_cli.privacy.accountants.base import ACCOUNTANTS, DEFAULT_ACCOUNTANT
 from fedlora_cli.registry import Options as Section
 from fedlora_cli.registry import Registry, did_you_mean as _did_you_mean
 from fedlora_cli.seeding import MAX_SEED
@@ -158,7 +158,7 @@ class PrivacyConfig(Section):
         None, gt=0, description="client level, adaptive: noise std σ_b on the clipped count (default max(clients_per_round/20, noise multiplier))"
     )
     delta: float = Field(1e-5, gt=0, lt=1)
-    accountant: AccountantName = Field("rdp", description="a registered accountant (fedlora accountant --help)")
+    accountant: AccountantName = Field(DEFAULT_ACCOUNTANT, description="a registered accountant (fedlora accountant --help)")
     max_epsilon: float | None = Field(None, gt=0, description="stop before a round would pass this epsilon")
     secure_mode: bool = Field(False, description="cryptographically secure noise (Opacus secure_mode)")
 

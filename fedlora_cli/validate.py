@@ -19,7 +19,7 @@ from fedlora_cli.data.partition import partition
 from fedlora_cli.data.partitioners import REGISTRY as PARTITIONERS, PartitionOptions
 from fedlora_cli.data.sources import BUILTIN_SOURCES, TextDataset, load_datasets
 from fedlora_cli.errors import InputError
-from fedlora_cli.privacy.accountants import too_many_steps
+from fedlora_cli.privacy.accountants import ACCOUNTANTS, gdp_calibration_refusal, too_many_steps
 from fedlora_cli.privacy.secure_random import secure_mode_problem
 from fedlora_cli.recipe import (
     DataConfig,
@@ -174,10 +174,8 @@ def check_recipe(name_or_path: str | None, overrides: list[str] | None = None) -
                 f"privacy.noise_multiplier=0 with privacy.level={privacy.level} adds no noise: epsilon is infinite; "
                 "set privacy.level=none to train without DP, or a noise multiplier above 0"
             )
-        if privacy.level != "none" and privacy.target_epsilon is not None and privacy.accountant == "gdp":
-            from fedlora_cli.privacy.accountants import gdp_calibration_refusal  # loads opacus: only here
-
-            problems.append(gdp_calibration_refusal())
+        if privacy.level != "none" and privacy.target_epsilon is not None and not ACCOUNTANTS[privacy.accountant].calibrates:
+            problems.append(gdp_calibration_refusal(f"privacy.accountant={privacy.accountant}"))
     else:
         data_cfg = _section(DataConfig.model_validate, tree, "data")
         if data_cfg is not None:

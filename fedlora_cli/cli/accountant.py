@@ -16,7 +16,7 @@ from rich.table import Table
 
 from fedlora_cli.cli.common import err_console, guarded, wants_json
 from fedlora_cli.errors import InputError
-from fedlora_cli.privacy.accountants.base import ACCOUNTANTS
+from fedlora_cli.privacy.accountants.base import ACCOUNTANTS, DEFAULT_ACCOUNTANT
 from fedlora_cli.privacy.limits import weak_epsilon_warning
 from fedlora_cli.report.console import _json_ready
 from fedlora_cli.validate import check_recipe
@@ -66,7 +66,7 @@ def accountant(
     delta: Optional[float] = typer.Option(None, "--delta", "-d", help=f"delta (default {DEFAULT_DELTA})"),
     accountant_name: Optional[str] = typer.Option(
         None, "--accountant", "-a", help=", ".join(f"{name}{'' if cls.calibrates else ' (epsilon only)'}" for name, cls in ACCOUNTANTS.items())
-        + " or all (side by side); default rdp, or the recipe's"
+        + f" or all (side by side); default {DEFAULT_ACCOUNTANT}, or the recipe's"
     ),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="plan this recipe (file or builtin name)"),
     json_output: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
@@ -90,7 +90,7 @@ def accountant(
         doc["recipe_file"] = str(checked.source)
         target, target_name = checked.recipe.privacy.target_epsilon, "privacy.target_epsilon"
     else:
-        accountants = accountant_list(accountant_name or "rdp")
+        accountants = accountant_list(accountant_name or DEFAULT_ACCOUNTANT)
         if target_epsilon is not None and accountant_name == "all":
             accountants = list(CALIBRATION_ACCOUNTANTS)  # the others report epsilon but do not calibrate
         doc = direct_plan(

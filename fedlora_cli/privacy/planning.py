@@ -172,7 +172,7 @@ def direct_plan(
         sample_rate=sample_rate,
         steps=steps,
         delta=delta,
-        accountant="prv" if "prv" in accountants else accountants[0],  # prv bounds the steps
+        accountants=accountants,
         noise_multiplier=noise_multiplier,
         target_epsilon=target_epsilon,
         names={

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from fedlora_cli.errors import InputError
-from fedlora_cli.privacy.accountants.base import ACCOUNTANTS, Accountant, get_accountant
+from fedlora_cli.privacy.accountants.base import ACCOUNTANTS, DEFAULT_ACCOUNTANT, get_accountant
 from fedlora_cli.registry import discover
 
 discover(__name__)
@@ -32,13 +32,13 @@ def check_parameters(
     sample_rate: float,
     steps: int,
     delta: float,
-    accountant: str,
+    accountants: list[str],
     noise_multiplier: float | None = None,
     target_epsilon: float | None = None,
     names: dict[str, str] | None = None,
 ) -> None:
     """Raise one InputError listing every out-of-range accounting parameter: non-finite numbers,
-    and more steps than the accountant's ``max_steps`` (prv: minutes beyond it).
+    and more steps than one of ``accountants`` allows (its ``max_steps``: prv takes minutes beyond it).
 
     ``names`` maps a parameter to how the caller calls it (a flag or a recipe key).
     """
@@ -51,10 +51,11 @@ def check_parameters(
         problems.append(f"{label('steps')} must be at least 1 (got {steps})")
     if not 0 < delta < 1:
         problems.append(f"{label('delta')} must be in (0, 1) (got {delta})")
-    if accountant not in ACCOUNTANTS:
-        problems.append(f"{label('accountant')} must be one of {', '.join(ACCOUNTANTS)} (got {accountant!r})")
-    elif too_many_steps(accountant, steps, label("accountant") + " "):
-        problems.append(f"{label('steps')}={steps}: {too_many_steps(accountant, steps, label('accountant') + ' ')}")
+    for accountant in accountants:
+        if accountant not in ACCOUNTANTS:
+            problems.append(f"{label('accountant')} must be one of {', '.join(ACCOUNTANTS)} (got {accountant!r})")
+        elif too_many_steps(accountant, steps, label("accountant") + " "):
+            problems.append(f"{label('steps')}={steps}: {too_many_steps(accountant, steps, label('accountant') + ' ')}")
     if noise_multiplier is not None and not 0 <= noise_multiplier < math.inf:
         problems.append(f"{label('noise_multiplier')} must be a finite number of at least 0 (got {noise_multiplier})")
     if target_epsilon is not None and not 0 < target_epsilon < math.inf:
@@ -73,7 +74,7 @@ def too_many_steps(accountant: str, steps: int, setting: str = "privacy.accounta
     return f"the {accountant} accountant takes minutes beyond {limit} steps; use {setting}{fast} (fast, slightly looser) or fewer steps"
 
 
-def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp") -> float:
+def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = DEFAULT_ACCOUNTANT) -> float:
     """Epsilon after ``steps`` Poisson-sampled Gaussian steps (0 for no steps, inf for no noise)."""
     if steps <= 0:
         return 0.0
@@ -114,7 +115,7 @@ def gdp_calibration_refusal(
     )
 
 
-def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp") -> float:
+def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = DEFAULT_ACCOUNTANT) -> float:
     """The smallest noise multiplier (within 0.5% in epsilon) whose epsilon stays at or below the target.
 
     Only the accountants in ``CALIBRATION_ACCOUNTANTS`` calibrate; ``gdp`` is an InputError.
@@ -190,6 +191,6 @@ def _search_noise(target_epsilon: float, delta: float, sample_rate: float, steps
         ) from None
 
 
-def epsilon_curve(noise_multiplier: float, sample_rate: float, steps: list[int], delta: float, accountant: str = "rdp") -> list[float]:
+def epsilon_curve(noise_multiplier: float, sample_rate: float, steps: list[int], delta: float, accountant: str = DEFAULT_ACCOUNTANT) -> list[float]:
     """Epsilon after each of the step counts in ``steps`` (e.g. after every round)."""
     return [epsilon(noise_multiplier, sample_rate, count, delta, accountant) for count in steps]

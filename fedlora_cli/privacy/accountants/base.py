@@ -44,6 +44,7 @@ class Accountant:
 
 
 ACCOUNTANTS: dict[str, type[Accountant]] = {}  # in listing order: see register
+DEFAULT_ACCOUNTANT = "rdp"  # fast at any step count, an upper bound
 
 
 def register(cls: type[Accountant]) -> type[Accountant]:

@@ -325,9 +325,9 @@ def _switch_choice(tree: dict, key: str, value: Any) -> None:
     section, _, sub = key.partition(".")
     registry = CHOICES.get(section)
     options = tree.get(section)
-    if registry is None or sub != registry.key or value not in registry.options or not isinstance(options, dict):
+    if registry is None or sub != registry.key or not isinstance(value, str) or not isinstance(options, dict):
         return
-    if options.get(registry.key, registry.default) != value:
+    if value in registry.options and options.get(registry.key, registry.default) != value:
         kept = registry.options[value].model_fields
         tree[section] = {name: option for name, option in options.items() if name in kept}
 

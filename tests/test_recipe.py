@@ -147,3 +147,9 @@ def test_switching_method_by_override_drops_the_files_options_of_the_old_one():
 
 def test_a_method_section_without_a_name_is_the_default_method():
     assert load_recipe("default", ["method={svd_mode: dense}"]).method.model_dump() == {"name": "fedsvd", "svd_period": 1, "svd_mode": "dense"}
+
+
+def test_a_choice_that_is_not_a_name_is_an_input_error():
+    with pytest.raises(InputError) as info:
+        load_recipe("default", ["method.name=[fedavg, ffa]"])
+    assert info.value.problems[0].startswith("method.name: unknown method")

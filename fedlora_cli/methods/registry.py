@@ -7,12 +7,7 @@ subclass registered with ``@register(TheOptions)``. The package imports every mo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from fedlora_cli.registry import Options, Registry
-
-if TYPE_CHECKING:
-    from fedlora_cli.methods.base import Method
 
 
 class MethodOptions(Options):
@@ -21,7 +16,7 @@ class MethodOptions(Options):
     name: str
 
 
-REGISTRY: Registry[type[Method]] = Registry("method", key="name", default="fedsvd")
-METHODS = REGISTRY.implementations  # name -> Method subclass
+REGISTRY: Registry[type] = Registry("method", key="name", default="fedsvd")
+METHODS = REGISTRY.implementations  # name -> subclass of fedlora_cli.methods.base.Method
 register = REGISTRY.register
 get_method_class = REGISTRY.get

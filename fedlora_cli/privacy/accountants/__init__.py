@@ -128,7 +128,7 @@ def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, ste
     import opacus
 
     if accountant not in CALIBRATION_ACCOUNTANTS:
-        raise InputError(gdp_calibration_refusal())
+        raise InputError(gdp_calibration_refusal(f"privacy.accountant={accountant}"))
     key = f"opacus={opacus.__version__}|{accountant}|eps={target_epsilon!r}|delta={delta!r}|q={sample_rate!r}|T={steps}|tol={CALIBRATION_TOLERANCE}"
     if key not in _CALIBRATIONS:
         path = _cache_path()

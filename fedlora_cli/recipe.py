@@ -3,29 +3,39 @@
 A recipe is a YAML document with the sections below. Every problem in a recipe is collected
 and reported at once (:class:`~fedlora_cli.errors.InputError`), each naming the dotted key and
 the fix; unknown keys get a did-you-mean.
+
+The ``method`` and ``partition`` sections are built from the registries
+(:mod:`fedlora_cli.registry`): each is a union of the registered option models, picked by
+``method.name`` / ``partition.method``, so a method's or partitioner's options exist only when
+it is chosen, and ``privacy.accountant`` is one of the registered accountants.
 """
 
 from __future__ import annotations
 
-import difflib
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from fedlora_cli.bounded import expanded_size, short_repr
+from fedlora_cli.data.partitioners import REGISTRY as PARTITIONERS
 from fedlora_cli.device import check_device_setting
 from fedlora_cli.errors import InputError
+from fedlora_cli.methods import REGISTRY as METHODS
+from fedlora_cli.privacy.accountants.base import ACCOUNTANTS, DEFAULT_ACCOUNTANT
+from fedlora_cli.registry import Options as Section
+from fedlora_cli.registry import Registry, did_you_mean as _did_you_mean
+from fedlora_cli.seeding import MAX_SEED
 
 DEFAULT_RECIPE = "default"
 MAX_RECIPE_VALUES = 10_000  # a recipe has a few hundred; YAML aliases must not expand it past this
-MAX_SEED = 2**32 - 1  # a seed every seeded library (numpy, torch, random) accepts
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+#: recipe sections whose options depend on a registered choice
+CHOICES: dict[str, Registry] = {"method": METHODS, "partition": PARTITIONERS}
+MethodChoice = METHODS.choice()
+PartitionChoice = PARTITIONERS.choice()
+AccountantName = Literal[tuple(ACCOUNTANTS)]
 
 
 class ModelConfig(Section):
@@ -58,31 +68,6 @@ class DataConfig(Section):
     max_length: int = Field(128, ge=8, le=4096, description="tokens per example (truncation)")
     max_train_samples: int | None = Field(None, ge=1, description="use a seeded subset of the training set")
     max_test_samples: int | None = Field(None, ge=1, description="use a seeded subset of the test set")
-
-
-class PartitionConfig(Section):
-    """How the training set is split into clients."""
-
-    method: str = Field("dirichlet", description="iid, dirichlet, pathological, shards or quantity")
-    alpha: float = Field(0.5, gt=0, description="dirichlet: concentration over labels (smaller: more skewed)")
-    seed: int = Field(0, ge=0, le=MAX_SEED)
-    min_samples: int = Field(8, ge=1, description="every client gets at least this many examples")
-    labels_per_client: int = Field(2, ge=1, description="pathological: distinct labels each client holds")
-    shards_per_client: int = Field(2, ge=1, description="shards: label-sorted shards dealt to each client")
-    size_distribution: Literal["power_law", "dirichlet"] = Field(
-        "power_law", description="quantity: client sizes from a power law over ranks or a Dirichlet over sizes"
-    )
-    power_law_exponent: float = Field(
-        1.0, ge=0, description="quantity, power_law: size of the k-th largest client ∝ k^-exponent (0: equal)"
-    )
-    size_alpha: float = Field(1.0, gt=0, description="quantity, dirichlet: concentration over sizes (smaller: more unequal)")
-
-    @field_validator("method")
-    @classmethod
-    def _known_partitioner(cls, value: str) -> str:
-        from fedlora_cli.data.partition import PARTITIONERS
-
-        return _check_choice(value, PARTITIONERS)
 
 
 class FederationConfig(Section):
@@ -153,33 +138,6 @@ class FederationConfig(Section):
         return self
 
 
-class MethodConfig(Section):
-    """The aggregation method and its options."""
-
-    name: str = Field("fedsvd", description="aggregation method (see `fedlora recipes show`)")
-    svd_period: int = Field(1, ge=0, description="fedsvd: re-factorize every k rounds (0: never)")
-    svd_mode: Literal["qr", "dense"] = Field("qr", description="fedsvd: exact QR path or dense SVD of B@A")
-    fedsb_init: Literal["random"] = Field("random", description="fedsb: B, A orthonormal from the seed, R = 0")
-
-    @field_validator("name")
-    @classmethod
-    def _known_method(cls, value: str) -> str:
-        from fedlora_cli.methods import METHODS
-
-        return _check_choice(value, METHODS)
-
-    @field_validator("fedsb_init", mode="before")
-    @classmethod
-    def _no_data_driven_init(cls, value):
-        if value == "gradient_svd":
-            raise ValueError(
-                "gradient_svd (LoRA-SB's SVD of a gradient on client data) reads raw client data outside "
-                "DP-SGD and would spend privacy no accountant counts, so fedlora does not offer it; "
-                "use method.fedsb_init=random"
-            )
-        return value
-
-
 class PrivacyConfig(Section):
     """Differential privacy.
 
@@ -207,7 +165,7 @@ class PrivacyConfig(Section):
         None, gt=0, description="client level, adaptive: noise std σ_b on the clipped count (default max(clients_per_round/20, noise multiplier))"
     )
     delta: float = Field(1e-5, gt=0, lt=1)
-    accountant: Literal["rdp", "prv", "gdp"] = "rdp"
+    accountant: AccountantName = Field(DEFAULT_ACCOUNTANT, description="a registered accountant (fedlora accountant --help)")
     max_epsilon: float | None = Field(None, gt=0, description="stop before a round would pass this epsilon")
     secure_mode: bool = Field(False, description="cryptographically secure noise (Opacus secure_mode)")
 
@@ -239,9 +197,9 @@ class Recipe(Section):
     description: str = ""
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
-    partition: PartitionConfig = Field(default_factory=PartitionConfig)
+    partition: PartitionChoice = Field(default_factory=PARTITIONERS.default_options)
     federation: FederationConfig = Field(default_factory=FederationConfig)
-    method: MethodConfig = Field(default_factory=MethodConfig)
+    method: MethodChoice = Field(default_factory=METHODS.default_options)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
@@ -251,11 +209,12 @@ class Recipe(Section):
         optimizer, method = self.federation.server_optimizer, self.method.name
         if optimizer == "none":
             return self
-        if method in ("fedex", "flora"):
+        if METHODS.get(method).modifies_base:
+            keeps_base = "/".join(name for name in METHODS.names() if not METHODS.get(name).modifies_base)
             raise ValueError(
                 f"federation.server_optimizer={optimizer} with method {method}: {method} folds each round's "
                 "product update into the frozen weights, so an optimizer step on the averaged factors would not "
-                "be the method any more; use federation.server_optimizer=none or method fedavg/ffa/fedsvd/fedsb"
+                f"be the method any more; use federation.server_optimizer=none or method {keeps_base}"
             )
         if method == "fedsvd" and optimizer != "momentum" and self.method.svd_period > 0:
             raise ValueError(
@@ -281,20 +240,11 @@ class Recipe(Section):
         return self.model_dump(mode="json")
 
 
-def _check_choice(value: str, choices: dict[str, Any]) -> str:
-    if value not in choices:
-        hint = _did_you_mean(value, list(choices))
-        raise ValueError(f"unknown '{value}'{hint}; choose one of: {', '.join(sorted(choices))}")
-    return value
-
-
-def _did_you_mean(word: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
 def _fields_at(loc: tuple) -> list[str]:
-    """The valid key names at a location of the recipe tree (for did-you-mean)."""
+    """The valid key names at a location of the recipe tree (for did-you-mean); a choice
+    section's location carries the choice (``("method", "fedavg")``)."""
+    if len(loc) == 2 and loc[0] in CHOICES:
+        return list(CHOICES[loc[0]].options[loc[1]].model_fields)
     model: type[BaseModel] = Recipe
     for part in loc:
         field = model.model_fields.get(str(part))
@@ -305,15 +255,32 @@ def _fields_at(loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
+def _foreign_key(section: str, choice: str, key: str) -> str:
+    """`` but of <owners>: remove it, or set section.key=<owner>`` when other choices have option ``key``."""
+    registry = CHOICES[section]
+    owners = registry.owners(key)
+    if not owners:
+        return ""
+    settings = " or ".join(f"{section}.{registry.key}={owner}" for owner in owners)
+    return f" but of {', '.join(owners)}: remove it, or set {settings}"
+
+
 def _describe(error: dict) -> str:
     loc = tuple(error["loc"])
-    key = ".".join(str(p) for p in loc) or "(recipe)"
+    choice = loc[1] if len(loc) > 1 and loc[0] in CHOICES else None
+    shown = (loc[0], *loc[2:]) if choice else loc  # the union's choice is not a key the user wrote
+    key = ".".join(str(p) for p in shown) or "(recipe)"
+    if error["type"] == "union_tag_invalid":
+        registry = CHOICES[loc[0]]
+        return f"{loc[0]}.{registry.key}: {registry.unknown(error['ctx']['tag'])}"
     if error["type"] == "extra_forbidden":
         valid = _fields_at(loc[:-1])
         hint = _did_you_mean(str(loc[-1]), valid)
-        return f"{key}: unknown key{hint}; valid keys here: {', '.join(valid)}"
+        foreign = _foreign_key(loc[0], choice, str(loc[-1])) if choice and len(loc) == 3 else ""
+        what = f"not an option of {loc[0]} {choice}{foreign}" if foreign else f"unknown key{hint}"
+        return f"{key}: {what}; valid keys here: {', '.join(valid)}"
     message = error["msg"].removeprefix("Value error, ")
-    if error["type"] in {"model_type", "dict_type"}:
+    if error["type"] in {"model_type", "dict_type", "model_attributes_type"}:
         return f"{key}: expected a mapping of keys, got {short_repr(error.get('input'))}"
     if error["type"] == "missing":
         return f"{key}: required"
@@ -335,8 +302,14 @@ def set_dotted(tree: dict, dotted_key: str, value: Any) -> None:
 
 
 def apply_overrides(tree: dict, overrides: list[str]) -> list[str]:
-    """Apply ``key.sub=value`` overrides (values parsed as YAML); returns the problems found."""
-    problems = []
+    """Apply ``key.sub=value`` overrides (values parsed as YAML); returns the problems found.
+
+    An override that switches a choice (``method.name=ffa``, ``partition.method=iid``) first
+    drops the options the recipe file wrote for its own choice that the new one does not have
+    (``method.svd_period`` of fedsvd), so switching needs no other edit; options given as
+    overrides are kept (and refused if they do not belong to the choice).
+    """
+    problems, parsed = [], []
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
@@ -346,8 +319,24 @@ def apply_overrides(tree: dict, overrides: list[str]) -> list[str]:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
-        set_dotted(tree, key.strip(), value)
+        parsed.append((key.strip(), value))
+    for key, value in parsed:
+        _switch_choice(tree, key, value)
+    for key, value in parsed:
+        set_dotted(tree, key, value)
     return problems
+
+
+def _switch_choice(tree: dict, key: str, value: Any) -> None:
+    """Drop the file's options of a section's old choice when ``key=value`` picks another one."""
+    section, _, sub = key.partition(".")
+    registry = CHOICES.get(section)
+    options = tree.get(section)
+    if registry is None or sub != registry.key or not isinstance(value, str) or not isinstance(options, dict):
+        return
+    if value in registry.options and options.get(registry.key, registry.default) != value:
+        kept = registry.options[value].model_fields
+        tree[section] = {name: option for name, option in options.items() if name in kept}
 
 
 def builtin_recipe_dir() -> Path:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
+MAX_SEED = 2**32 - 1  # a seed every seeded library (numpy, torch, random) accepts
+
 
 def derive_seed(*parts) -> int:
     """A 63-bit seed that depends only on ``parts`` (run seed, round, client, purpose)."""

@@ -16,15 +16,16 @@ import numpy as np
 from pydantic import ValidationError
 
 from fedlora_cli.data.partition import partition
+from fedlora_cli.data.partitioners import REGISTRY as PARTITIONERS, PartitionOptions
 from fedlora_cli.data.sources import BUILTIN_SOURCES, TextDataset, load_datasets
 from fedlora_cli.device import device_problems
 from fedlora_cli.errors import InputError
-from fedlora_cli.privacy.limits import PRV_MAX_STEPS
+from fedlora_cli.privacy.accountants import ACCOUNTANTS, gdp_calibration_refusal, too_many_steps
 from fedlora_cli.privacy.secure_random import secure_mode_problem
 from fedlora_cli.recipe import (
     DataConfig,
     FederationConfig,
-    PartitionConfig,
+    ModelConfig,
     Recipe,
     apply_overrides,
     parse_recipe,
@@ -76,17 +77,13 @@ def _non_finite_privacy(recipe: Recipe) -> list[str]:
     ]
 
 
-def _slow_prv(recipe: Recipe) -> list[str]:
-    """The prv accountant over more than ``PRV_MAX_STEPS`` steps (a client's rounds x local_steps at
-    sample level, the rounds at client level) would take minutes: refused."""
+def _slow_accountant(recipe: Recipe) -> list[str]:
+    """An accountant over more than its ``max_steps`` (a client's rounds x local_steps at sample
+    level, the rounds at client level) would take minutes (prv): refused."""
     fed, privacy = recipe.federation, recipe.privacy
     steps = fed.rounds * (fed.local_steps if privacy.level == "sample" else 1)
-    if privacy.accountant != "prv" or steps <= PRV_MAX_STEPS:
-        return []
-    return [
-        f"privacy.accountant=prv: {steps} steps (federation.rounds x local_steps) take the prv accountant minutes "
-        f"beyond {PRV_MAX_STEPS}; use privacy.accountant=rdp (fast, slightly looser) or fewer steps"
-    ]
+    problem = too_many_steps(privacy.accountant, steps)
+    return [f"privacy.accountant={privacy.accountant}: {steps} steps (federation.rounds x local_steps): {problem}"] if problem else []
 
 
 def plan_privacy(recipe: Recipe, client_sizes: list[int]):
@@ -98,7 +95,7 @@ def plan_privacy(recipe: Recipe, client_sizes: list[int]):
     """
     if recipe.privacy.level == "none":
         return None
-    problems = _non_finite_privacy(recipe) + _slow_prv(recipe)
+    problems = _non_finite_privacy(recipe) + _slow_accountant(recipe)
     if problems:
         raise InputError(problems)
     # opacus loads only when a recipe asks for DP
@@ -110,7 +107,27 @@ def plan_privacy(recipe: Recipe, client_sizes: list[int]):
     return ClientLevelDP.build(recipe.privacy, recipe.federation, recipe.method.name)
 
 
-def _data_problems(data: DataConfig, fed: FederationConfig | None, part: PartitionConfig | None):
+def check_rank(model_cfg: ModelConfig) -> None:
+    """``model.rank`` against the adapted layers' shapes, as training checks it
+    (:func:`fedlora_cli.models._check_rank`), on a skeleton of the model built from its config on
+    the meta device (no weights are read or allocated). Raises InputError naming the layer and the
+    largest allowed rank; a model that cannot be loaded is left to the loader's own error."""
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from fedlora_cli.models import LOCAL_CODE_FREE, _check_rank, resolve_model_path
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(model_cfg.name), **LOCAL_CODE_FREE)
+    except (OSError, ValueError):
+        return
+    with torch.device("meta"):
+        skeleton = AutoModelForSequenceClassification.from_config(config)
+    _check_rank(skeleton, LoraConfig(r=model_cfg.rank, target_modules=list(model_cfg.target_modules)))
+
+
+def _data_problems(data: DataConfig, fed: FederationConfig | None, part: PartitionOptions | None):
     """Data and split problems, and the loaded data when there are none."""
     try:
         train, test = load_datasets(data)
@@ -125,9 +142,10 @@ def _data_problems(data: DataConfig, fed: FederationConfig | None, part: Partiti
     return [], (train, test, clients)
 
 
-def _section(model_cls, tree: dict, key: str):
+def _section(validate, tree: dict, key: str):
+    """The section ``key`` validated on its own by ``validate``, or None when it is invalid."""
     try:
-        return model_cls.model_validate(tree.get(key) or {})
+        return validate(tree.get(key) or {})
     except ValidationError:
         return None
 
@@ -158,15 +176,14 @@ def check_recipe(name_or_path: str | None, overrides: list[str] | None = None) -
                 f"privacy.noise_multiplier=0 with privacy.level={privacy.level} adds no noise: epsilon is infinite; "
                 "set privacy.level=none to train without DP, or a noise multiplier above 0"
             )
-        if privacy.level != "none" and privacy.target_epsilon is not None and privacy.accountant == "gdp":
-            from fedlora_cli.privacy.accountants import gdp_calibration_refusal  # loads opacus: only here
-
-            problems.append(gdp_calibration_refusal())
+        if privacy.level != "none" and privacy.target_epsilon is not None and not ACCOUNTANTS[privacy.accountant].calibrates:
+            problems.append(gdp_calibration_refusal(f"privacy.accountant={privacy.accountant}"))
     else:
-        data_cfg = _section(DataConfig, tree, "data")
+        data_cfg = _section(DataConfig.model_validate, tree, "data")
         if data_cfg is not None:
             _resolve_data_paths(data_cfg, path.parent)
-        fed, part = _section(FederationConfig, tree, "federation"), _section(PartitionConfig, tree, "partition")
+        fed = _section(FederationConfig.model_validate, tree, "federation")
+        part = _section(PARTITIONERS.parse, tree, "partition")
     loaded = None
     if data_cfg is not None:
         missing = _missing_data_paths(data_cfg, path.parent)

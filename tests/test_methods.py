@@ -22,7 +22,8 @@ from fedlora_cli.recipe import Recipe
 
 SIZES = [5, 17, 40]
 WEIGHTS = torch.tensor(SIZES, dtype=torch.float64) / sum(SIZES)
-EXACT = ["ffa", "fedsvd", "fedex", "flora", "fedsb"]
+INEXACT = ["fedavg"]  # tested against its own equation below
+EXACT = sorted(set(METHODS) - set(INEXACT))  # every other registered method, a new one too
 RANK = 4
 
 
@@ -284,6 +285,21 @@ def test_fedsb_refuses_a_rank_above_the_layer_size(tiny_model_dir):
     )
     with pytest.raises(InputError, match="model.rank"):
         build_model(recipe, num_labels=3)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_registered_method_owns_its_documented_options(name):
+    from fedlora_cli.methods import REGISTRY
+    from fedlora_cli.recipe import parse_recipe
+
+    options = REGISTRY.options[name]
+    assert parse_recipe({"method": {"name": name}}).method == options()
+    for field, info in options.model_fields.items():
+        assert field == "name" or info.description, f"method.{field} of {name} has no description"
+    foreign = {key for other in METHODS if other != name for key in REGISTRY.options[other].model_fields} - set(options.model_fields)
+    for key in foreign:
+        with pytest.raises(InputError, match=rf"method\.{key}: not an option of method {name} but of"):
+            parse_recipe({"method": {"name": name, key: REGISTRY.options[REGISTRY.owners(key)[0]]().model_dump()[key]}})
 
 
 def test_fedsb_refuses_the_data_driven_init():

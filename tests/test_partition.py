@@ -9,17 +9,18 @@ import pytest
 from typer.testing import CliRunner
 
 from fedlora_cli.cli import app
-from fedlora_cli.data.partition import PARTITIONERS, label_counts, partition
+from fedlora_cli.data.partition import label_counts, partition
+from fedlora_cli.data.partitioners import PARTITIONERS, REGISTRY, PartitionOptions
 from fedlora_cli.errors import InputError
-from fedlora_cli.recipe import PartitionConfig, parse_recipe
+from fedlora_cli.recipe import parse_recipe
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 # 5 unbalanced labels, 600 samples, shuffled so that label order is not index order
 LABELS = np.random.default_rng(123).permutation(np.repeat(np.arange(5), [240, 150, 110, 60, 40]))
 
-CASES = {
-    "iid": {},
+# every registered partitioner with its default options (a new partitioner joins these rows), plus settings
+CASES = {name: {} for name in PARTITIONERS} | {
     "dirichlet": {"alpha": 0.5},
     "pathological": {"labels_per_client": 2},
     "shards": {"shards_per_client": 3},
@@ -28,13 +29,8 @@ CASES = {
 }
 
 
-def config(case: str, **extra) -> PartitionConfig:
-    fields = {"method": case, **CASES[case], **extra}
-    return PartitionConfig(**fields)
-
-
-def test_every_registered_partitioner_is_tested():
-    assert set(PARTITIONERS) == {CASES[c].get("method", c) for c in CASES}
+def config(case: str, **extra) -> PartitionOptions:
+    return REGISTRY.parse({"method": case, **CASES[case], **extra})
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -75,7 +71,7 @@ def test_pathological_gives_exactly_k_labels_per_client(k):
 
 def test_shards_sort_by_label_and_deal_equal_shards():
     labels = np.random.default_rng(0).permutation(np.repeat(np.arange(5), 40))
-    parts = partition(labels, 10, PartitionConfig(method="shards", shards_per_client=2, min_samples=1, seed=3))
+    parts = partition(labels, 10, config("shards", shards_per_client=2, min_samples=1, seed=3))
     counts = label_counts(labels, parts, 5)
     assert [len(p) for p in parts] == [20] * 10  # 20 shards of 10, two per client
     assert all((row > 0).sum() <= 2 for row in counts)  # shard size divides class size: one label per shard
@@ -129,13 +125,31 @@ def test_impossible_splits_say_what_to_change(case, extra, clients, needle):
 
 def test_recipe_schema_for_partition_fields():
     with pytest.raises(InputError) as info:
-        parse_recipe({"partition": {"method": "shard", "size_distribution": "zipf", "labels_per_client": 0}})
-    text = str(info.value)
-    assert "did you mean 'shards'" in text
-    assert "partition.size_distribution" in text and "partition.labels_per_client" in text
-    fields = PartitionConfig.model_fields
-    for name in ("labels_per_client", "shards_per_client", "size_distribution", "power_law_exponent", "size_alpha"):
-        assert fields[name].description, name
+        parse_recipe({"partition": {"method": "shard", "shards_per_client": 2}})
+    assert "partition.method: unknown partition 'shard' (did you mean 'shards'?)" in str(info.value)
+    with pytest.raises(InputError) as info:
+        parse_recipe({"partition": {"method": "quantity", "size_distribution": "zipf", "power_law_exponent": -1}})
+    assert "partition.size_distribution" in str(info.value) and "partition.power_law_exponent" in str(info.value)
+    for name, options in REGISTRY.options.items():
+        for field, info in options.model_fields.items():
+            assert field == "method" or info.description, f"{name}: partition.{field} has no description"
+
+
+def test_an_option_of_another_partitioner_names_its_owner():
+    with pytest.raises(InputError) as info:
+        parse_recipe({"partition": {"method": "iid", "alpha": 0.1}})
+    (problem,) = info.value.problems
+    assert problem.startswith("partition.alpha: not an option of partition iid but of dirichlet")
+    assert "set partition.method=dirichlet" in problem and "valid keys here: method, seed, min_samples" in problem
+
+
+def test_switching_partitioner_by_override_drops_the_old_options():
+    from fedlora_cli.recipe import load_recipe
+
+    recipe = load_recipe("default", ["partition.method=shards", "partition.shards_per_client=3"])
+    assert recipe.partition.model_dump() == {"method": "shards", "seed": 0, "min_samples": 32, "shards_per_client": 3}
+    with pytest.raises(InputError, match="partition.alpha: not an option of partition shards"):
+        load_recipe("default", ["partition.method=shards", "partition.alpha=0.3"])
 
 
 def test_label_counts_matrix():

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from fedlora_cli.cli import app
 from fedlora_cli.errors import InputError
-from fedlora_cli.privacy.accountants import calibrate_noise, epsilon
+from fedlora_cli.privacy.accountants import ACCOUNTANTS, calibrate_noise, epsilon, epsilon_floor
 from fedlora_cli.privacy.client_level import (
     ClientLevelDP,
     clip_update,
@@ -24,6 +24,7 @@ from fedlora_cli.privacy.client_level import (
     update_noise_multiplier,
     update_norm,
 )
+from fedlora_cli.methods import METHODS
 from fedlora_cli.recipe import FederationConfig, PrivacyConfig, parse_recipe
 
 DELTA = 1e-5
@@ -65,8 +66,6 @@ def test_calibrated_noise_reaches_target_within_one_percent_never_above(accounta
 def test_unreachable_target_is_an_input_error_and_fast():
     import time
 
-    from fedlora_cli.privacy.accountants import epsilon_floor
-
     floor = epsilon_floor(DELTA, "rdp")
     # the floor is what huge noise converges to, from above
     assert floor < epsilon(50.0, 0.01, 10, DELTA, "rdp") < 1.2 * floor
@@ -76,6 +75,25 @@ def test_unreachable_target_is_an_input_error_and_fast():
     with pytest.raises(InputError, match="cannot be reached"):
         calibrate_noise(0.005, DELTA, 0.5, 1000, "prv")
     assert time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize("name", list(ACCOUNTANTS))
+def test_every_registered_accountant_equals_its_opacus_accountant_stepped_step_by_step(name):
+    """The row every accountant joins: fedlora's epsilon is finite, above the accountant's floor,
+    and equal to a fresh Opacus accountant of its class that took the steps one by one through
+    the public ``step`` API; one that calibrates finds noise that reaches a target from below."""
+    reference = ACCOUNTANTS[name].opacus_class()()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(150):
+            reference.step(noise_multiplier=1.1, sample_rate=0.02)
+        expected = reference.get_epsilon(delta=DELTA)
+    ours = epsilon(1.1, 0.02, 150, DELTA, name)
+    assert math.isfinite(ours) and ours > epsilon_floor(DELTA, name)
+    assert ours == pytest.approx(expected, rel=1e-9)
+    if ACCOUNTANTS[name].calibrates:
+        sigma = calibrate_noise(2 * ours, DELTA, 0.02, 150, name)
+        assert 0.99 * 2 * ours <= epsilon(sigma, 0.02, 150, DELTA, name) <= 2 * ours
 
 
 # ------------------------------------------------------------------------------ (b) golden values
@@ -518,21 +536,14 @@ def test_adaptive_clipping_without_noise_counts_exactly():
     assert make_client_dp(noise=0.0, adaptive=True, count_stddev=0.3).count_stddev == 0.3  # an explicit σ_b is kept
 
 
-def test_methods_with_raw_uploads_are_refused_under_client_level(monkeypatch, tiny_model_dir):
-    from fedlora_cli.methods import METHODS
-    from fedlora_cli.methods.base import Method
-
-    class RawMethod(Method):
-        name = "raw-test"
-        uses_raw_uploads = True
-
-    monkeypatch.setitem(METHODS, "raw-test", RawMethod)
-    tree = {"method": {"name": "raw-test"}, "privacy": {"level": "client"}}
+@pytest.mark.parametrize("name", sorted(name for name, cls in METHODS.items() if cls.uses_raw_uploads))
+def test_methods_with_raw_uploads_are_refused_under_client_level(name):
+    tree = {"method": {"name": name}, "privacy": {"level": "client"}}
     with pytest.raises(InputError) as info:
         parse_recipe(tree)
-    assert "privacy.level=client" in str(info.value) and "method.name=raw-test" in str(info.value)
-    with pytest.raises(InputError, match="method.name=raw-test"):
-        ClientLevelDP.build(PrivacyConfig(level="client"), FederationConfig(), "raw-test")
+    assert "privacy.level=client" in str(info.value) and f"method.name={name}" in str(info.value)
+    with pytest.raises(InputError, match=f"method.name={name}"):
+        ClientLevelDP.build(PrivacyConfig(level="client"), FederationConfig(), name)
     tree["privacy"]["level"] = "sample"
     parse_recipe(tree)  # fine at sample level
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,36 @@ def test_recipes_list_show_validate(tmp_path):
     checked = runner.invoke(app, ["recipes", "validate", "default", str(bad)])
     assert checked.exit_code == 2
     assert "default: ok" in checked.output and "did you mean 'clients'" in checked.output
+
+
+def test_recipes_validate_checks_the_rank_against_the_models_layers(tiny_recipe):
+    """Training refuses a rank above min(in, out) of an adapted layer; validate says so before any run
+    (the tiny BERT's smallest adapted layers are 32×32)."""
+    result = runner.invoke(app, ["recipes", "validate", str(tiny_recipe), "model.rank=33", "--json"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    (report,) = json.loads(result.output)
+    (problem,) = report["problems"]
+    assert problem.startswith("model.rank=33 is larger than the adapted layer bert.encoder.layer.0.attention.self.query")
+    assert "set model.rank at most 32" in problem
+    assert runner.invoke(app, ["recipes", "validate", str(tiny_recipe), "model.rank=32", "--json"]).exit_code == 0
+
+
+def test_switching_method_by_override_drops_the_files_options_of_the_old_one():
+    """default.yaml writes method.svd_period (fedsvd's); `method.name=ffa` (as the README shows) needs no other edit."""
+    assert load_recipe("default", ["method.name=ffa"]).method.model_dump() == {"name": "ffa"}
+    assert load_recipe("default", ["method.svd_period=3"]).method.svd_period == 3
+    with pytest.raises(InputError) as info:
+        load_recipe("default", ["method.name=ffa", "method.svd_period=3"])
+    assert info.value.problems == [
+        "method.svd_period: not an option of method ffa but of fedsvd: remove it, or set method.name=fedsvd; valid keys here: name"
+    ]
+
+
+def test_a_method_section_without_a_name_is_the_default_method():
+    assert load_recipe("default", ["method={svd_mode: dense}"]).method.model_dump() == {"name": "fedsvd", "svd_period": 1, "svd_mode": "dense"}
+
+
+def test_a_choice_that_is_not_a_name_is_an_input_error():
+    with pytest.raises(InputError) as info:
+        load_recipe("default", ["method.name=[fedavg, ffa]"])
+    assert info.value.problems[0].startswith("method.name: unknown method")

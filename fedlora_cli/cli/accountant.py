@@ -16,6 +16,7 @@ from rich.table import Table
 
 from fedlora_cli.cli.common import err_console, guarded, wants_json
 from fedlora_cli.errors import InputError
+from fedlora_cli.privacy.accountants.base import ACCOUNTANTS, DEFAULT_ACCOUNTANT
 from fedlora_cli.privacy.limits import weak_epsilon_warning
 from fedlora_cli.report.console import _json_ready
 from fedlora_cli.validate import check_recipe
@@ -64,7 +65,8 @@ def accountant(
     steps: Optional[int] = typer.Option(None, "--steps", "-t", help="number of steps T"),
     delta: Optional[float] = typer.Option(None, "--delta", "-d", help=f"delta (default {DEFAULT_DELTA})"),
     accountant_name: Optional[str] = typer.Option(
-        None, "--accountant", "-a", help="rdp, prv, gdp (epsilon only) or all (side by side); default rdp, or the recipe's"
+        None, "--accountant", "-a", help=", ".join(f"{name}{'' if cls.calibrates else ' (epsilon only)'}" for name, cls in ACCOUNTANTS.items())
+        + f" or all (side by side); default {DEFAULT_ACCOUNTANT}, or the recipe's"
     ),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="plan this recipe (file or builtin name)"),
     json_output: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
@@ -88,9 +90,9 @@ def accountant(
         doc["recipe_file"] = str(checked.source)
         target, target_name = checked.recipe.privacy.target_epsilon, "privacy.target_epsilon"
     else:
-        accountants = accountant_list(accountant_name or "rdp")
+        accountants = accountant_list(accountant_name or DEFAULT_ACCOUNTANT)
         if target_epsilon is not None and accountant_name == "all":
-            accountants = list(CALIBRATION_ACCOUNTANTS)  # gdp reports epsilon but does not calibrate
+            accountants = list(CALIBRATION_ACCOUNTANTS)  # the others report epsilon but do not calibrate
         doc = direct_plan(
             noise_multiplier=noise_multiplier,
             target_epsilon=target_epsilon,
@@ -154,8 +156,9 @@ def render(doc: dict, console: Console) -> None:
             for row in results:
                 table.add_row(row["accountant"], _num(row["noise_multiplier"], 6), _num(row["epsilon"]), doc["notes"][row["accountant"]])
             console.print(table)
-    if "gdp" in doc["accountants"]:
-        console.print("note: gdp is a CLT approximation and can underestimate epsilon", markup=False, style="dim")
+    for name in doc["accountants"]:
+        if not ACCOUNTANTS[name].calibrates:
+            console.print(f"note: {name}: {ACCOUNTANTS[name].note}", markup=False, style="dim")
 
 
 def _render_recipe(doc: dict, console: Console) -> None:

@@ -15,7 +15,7 @@ from rich.table import Table
 from fedlora_cli.cli.common import EXIT_BAD_INPUT, guarded, print_input_error, print_warnings, progress
 from fedlora_cli.errors import InputError
 from fedlora_cli.recipe import builtin_recipes, resolve_recipe_path
-from fedlora_cli.validate import check_recipe
+from fedlora_cli.validate import check_rank, check_recipe
 
 app = typer.Typer(help="List, show, copy and validate recipes.", no_args_is_help=True)
 
@@ -116,11 +116,12 @@ def _checked_report(recipe: str | None, overrides: list[str], tokenizers: dict) 
 
     checked = check_recipe(recipe, overrides)
     name = checked.recipe.model.name
-    if name not in tokenizers:
-        try:
+    try:
+        if name not in tokenizers:
             tokenizers[name] = load_tokenizer(name)
-        except InputError as exc:
-            raise InputError(exc.problems, source=str(checked.source)) from None
+        check_rank(checked.recipe.model)
+    except InputError as exc:
+        raise InputError(exc.problems, source=str(checked.source)) from None
     return data_report(checked, tokenizers[name])
 
 
@@ -132,7 +133,8 @@ def validate(
     ),
     json_output: bool = typer.Option(False, "--json", help="a JSON list, one object per recipe, on stdout"),
 ) -> None:
-    """Check recipes completely (schema, data files, client split, privacy plan) without training,
+    """Check recipes completely (schema, data files, client split, privacy plan, LoRA rank against the
+    model's layers) without training,
     and report on the data: rows, labels, truncation, clients, with warnings for hopeless clients."""
     recipes, overrides = _recipes_and_overrides(list(args or []))
     results, tokenizers = [], {}

@@ -12,16 +12,36 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 
 from fedlora_cli.errors import InputError
 from fedlora_cli.methods.server_optimizer import ServerOptimizer
-from fedlora_cli.models import LoraModule, is_head_parameter
-from fedlora_cli.recipe import Recipe
+from fedlora_cli.peft_names import is_head_parameter
 
 State = dict[str, torch.Tensor]
+
+
+class LoraLayerView(Protocol):
+    """What a method reads of one LoRA-adapted layer ``W0 + s·B·A`` (B out×r, A r×in):
+    :class:`fedlora_cli.models.LoraModule` is one. Methods never import ``models`` or ``recipe``,
+    which are built on top of them (the recipe schema is made from the registered methods)."""
+
+    name: str
+    layer: Any  # peft's LoraLayer
+
+    @property
+    def a_key(self) -> str: ...
+
+    @property
+    def b_key(self) -> str: ...
+
+    @property
+    def scaling(self) -> float: ...
+
+    @property
+    def base_weight(self) -> torch.nn.Parameter: ...
 
 
 def weighted_mean(uploads: list[State], weights: torch.Tensor) -> State:
@@ -33,7 +53,7 @@ def weighted_mean(uploads: list[State], weights: torch.Tensor) -> State:
     }
 
 
-def add_to_base_weight(module: LoraModule, update: torch.Tensor) -> None:
+def add_to_base_weight(module: LoraLayerView, update: torch.Tensor) -> None:
     """``W0 ← W0 + s·update`` for an out×in ``update``, in float64, written in the layer's own
     layout: transposed where peft's ``fan_in_fan_out`` is set (GPT-2's ``Conv1D`` stores W0
     in×out), as peft's own merge does."""
@@ -44,7 +64,7 @@ def add_to_base_weight(module: LoraModule, update: torch.Tensor) -> None:
         weight.copy_((weight.double() + module.scaling * update).to(weight.dtype))
 
 
-def restore_base_weights(modules: list[LoraModule], weights: State, source: str) -> None:
+def restore_base_weights(modules: list[LoraLayerView], weights: State, source: str) -> None:
     """Copy saved base weights, keyed by LoRA module name and in each layer's own layout, into
     those modules' frozen base layers (what fedex/flora changed). Checks every name and shape
     before copying anything; raises InputError naming ``source`` otherwise."""
@@ -68,13 +88,14 @@ def tensor_bytes(tensors) -> int:
 
 
 class Method:
-    """Base class: subclasses set ``name`` and override what differs from FedAvg-LoRA.
+    """Base class: subclasses override what differs from FedAvg-LoRA and are registered with
+    their option model (:mod:`~fedlora_cli.methods.registry`).
 
-    Built from the recipe (``method`` options, ``model.train_head``, the run seed and
-    ``federation.clients_per_round``) and the model's LoRA modules, before anything trains.
+    Built from the validated recipe (:class:`fedlora_cli.recipe.Recipe`: ``method`` options as
+    ``self.cfg``, ``model.train_head``, the run seed and ``federation.clients_per_round``) and the
+    model's LoRA modules, before anything trains.
     """
 
-    name: ClassVar[str]
     trains_a: ClassVar[bool] = True
     modifies_base: ClassVar[bool] = False
     #: True when ``server_update`` needs each client's raw upload (not just the weighted mean),
@@ -82,7 +103,7 @@ class Method:
     #: is not post-processing of a noised mean, so client-level DP refuses these methods.
     uses_raw_uploads: ClassVar[bool] = False
 
-    def __init__(self, recipe: Recipe, modules: list[LoraModule]):
+    def __init__(self, recipe, modules: list[LoraLayerView]):
         self.cfg = recipe.method
         self.modules = modules
         self.train_head = recipe.model.train_head

@@ -19,10 +19,16 @@ releases only a noised mean) refuses this method (``uses_raw_uploads``).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from fedlora_cli.methods.base import Method, State, add_to_base_weight, tensor_bytes
-from fedlora_cli.methods.registry import register
+from fedlora_cli.methods.registry import MethodOptions, register
+
+
+class FedExOptions(MethodOptions):
+    name: Literal["fedex"] = "fedex"
 
 
 def fedex_residual(b_factors: list[torch.Tensor], a_factors: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
@@ -34,9 +40,8 @@ def fedex_residual(b_factors: list[torch.Tensor], a_factors: list[torch.Tensor],
     return exact - b_mean @ a_mean
 
 
-@register
+@register(FedExOptions)
 class FedEx(Method):
-    name = "fedex"
     modifies_base = True
     uses_raw_uploads = True
 

@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Literal
 
 import torch
+from pydantic import Field, field_validator
 from torch import nn
 
 from fedlora_cli.errors import InputError
 from fedlora_cli.seeding import derive_seed
 from fedlora_cli.methods.base import Method
-from fedlora_cli.methods.registry import register
-from fedlora_cli.models import ADAPTER_NAME, is_head_parameter
+from fedlora_cli.methods.registry import MethodOptions, register
+from fedlora_cli.peft_names import ADAPTER_NAME, is_head_parameter
 
 R_SUFFIX = f".lora_B.{ADAPTER_NAME}.0.weight"
 
@@ -41,9 +43,24 @@ def orthonormal(rows: int, cols: int, seed: int) -> torch.Tensor:
     return q if rows >= cols else q.T
 
 
-@register
+class FedSBOptions(MethodOptions):
+    name: Literal["fedsb"] = "fedsb"
+    fedsb_init: Literal["random"] = Field("random", description="B, A orthonormal from the seed, R = 0")
+
+    @field_validator("fedsb_init", mode="before")
+    @classmethod
+    def _no_data_driven_init(cls, value):
+        if value == "gradient_svd":
+            raise ValueError(
+                "gradient_svd (LoRA-SB's SVD of a gradient on client data) reads raw client data outside "
+                "DP-SGD and would spend privacy no accountant counts, so fedlora does not offer it; "
+                "use method.fedsb_init=random"
+            )
+        return value
+
+
+@register(FedSBOptions)
 class FedSB(Method):
-    name = "fedsb"
 
     def setup(self) -> None:
         """``lora_B[default] ← Sequential(R, B)``; B, A orthonormal (seeded), R = 0."""

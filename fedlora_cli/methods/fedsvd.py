@@ -13,10 +13,19 @@ factors from the thin ones in O((out+in)·r²): ``B' = Q R`` (QR, Q out×r), ``s
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 
 from fedlora_cli.methods.base import Method, State
-from fedlora_cli.methods.registry import register
+from fedlora_cli.methods.registry import MethodOptions, register
+
+
+class FedSVDOptions(MethodOptions):
+    name: Literal["fedsvd"] = "fedsvd"
+    svd_period: int = Field(1, ge=0, description="re-factorize every k rounds (0: never)")
+    svd_mode: Literal["qr", "dense"] = Field("qr", description="exact QR path or dense SVD of B@A")
 
 
 def refactorize(b: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,9 +42,8 @@ def refactorize_dense(b: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, t
     return (u[:, :rank] * s[:rank]).to(b.dtype), vh[:rank].to(a.dtype)
 
 
-@register
+@register(FedSVDOptions)
 class FedSVD(Method):
-    name = "fedsvd"
     trains_a = False
 
     def refactorizes_in(self, round_index: int) -> bool:

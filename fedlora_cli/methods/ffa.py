@@ -5,11 +5,16 @@ A stays at its random initialization forever; clients train only B and the serve
 the same A from the shared seed).
 """
 
+from typing import Literal
+
 from fedlora_cli.methods.base import Method
-from fedlora_cli.methods.registry import register
+from fedlora_cli.methods.registry import MethodOptions, register
 
 
-@register
+class FFAOptions(MethodOptions):
+    name: Literal["ffa"] = "ffa"
+
+
+@register(FFAOptions)
 class FFA(Method):
-    name = "ffa"
     trains_a = False

@@ -21,12 +21,17 @@ method (``uses_raw_uploads``).
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 
 from fedlora_cli.seeding import derive_seed
 from fedlora_cli.methods.base import Method, State, add_to_base_weight, tensor_bytes
-from fedlora_cli.methods.registry import register
+from fedlora_cli.methods.registry import MethodOptions, register
+
+
+class FLoRAOptions(MethodOptions):
+    name: Literal["flora"] = "flora"
 
 
 def stacked_product(b_factors: list[torch.Tensor], a_factors: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
@@ -43,9 +48,8 @@ def fresh_lora_a(shape: torch.Size, dtype: torch.dtype, seed: int) -> torch.Tens
     return a
 
 
-@register
+@register(FLoRAOptions)
 class FLoRA(Method):
-    name = "flora"
     modifies_base = True
     uses_raw_uploads = True
 

@@ -1,21 +1,22 @@
-"""Name -> method class. Adding a method is one new module with an ``@register`` class."""
+"""Name -> aggregation method, each with its own option model (the recipe's ``method`` section).
+
+A method is one module in this package: an option model (a subclass of :class:`MethodOptions`
+whose ``name`` is ``Literal['<name>']``) and a :class:`~fedlora_cli.methods.base.Method`
+subclass registered with ``@register(TheOptions)``. The package imports every module in it.
+"""
 
 from __future__ import annotations
 
-from fedlora_cli.methods.base import Method
-
-METHODS: dict[str, type[Method]] = {}
+from fedlora_cli.registry import Options, Registry
 
 
-def register(cls: type[Method]) -> type[Method]:
-    if cls.name in METHODS:
-        raise ValueError(f"method '{cls.name}' is registered twice ({METHODS[cls.name].__module__}, {cls.__module__})")
-    METHODS[cls.name] = cls
-    return cls
+class MethodOptions(Options):
+    """The ``method`` section: ``name`` picks the method; each method adds its own options."""
+
+    name: str
 
 
-def get_method_class(name: str) -> type[Method]:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise KeyError(f"unknown method '{name}'; known: {', '.join(sorted(METHODS))}") from None
+REGISTRY: Registry[type] = Registry("method", key="name", default="fedsvd")
+METHODS = REGISTRY.implementations  # name -> subclass of fedlora_cli.methods.base.Method
+register = REGISTRY.register
+get_method_class = REGISTRY.get

@@ -1,6 +1,7 @@
 """Budget planning behind ``fedlora accountant``: plain data, no printing.
 
-Three questions, each answered with the Opacus accountants (``rdp``, ``prv``, ``gdp``):
+Three questions, each answered with the registered accountants
+(:data:`~fedlora_cli.privacy.accountants.ACCOUNTANTS`: ``rdp``, ``prv``, ``gdp``):
 
 - epsilon of ``T`` steps of the Poisson-sampled Gaussian mechanism with noise multiplier
   ``σ`` and rate ``q`` at ``δ``: :func:`epsilons_for`;
@@ -25,13 +26,6 @@ from fedlora_cli.privacy.accountants import (
 from fedlora_cli.privacy.client_level import EPSILON_SCOPE, SAMPLING_NOTE, ClientLevelDP
 from fedlora_cli.privacy.sample_level import SampleLevelPlan
 
-ACCOUNTANT_NOTES = {
-    "rdp": "Renyi DP (Mironov 2017; Mironov et al. 2019): an upper bound, slightly loose",
-    "prv": "privacy random variables (Gopi et al. 2021): numerically tight upper estimate",
-    "gdp": "Gaussian DP CLT (Dong et al. 2019): an approximation that can underestimate epsilon",
-}
-
-
 def accountant_list(choice: str) -> list[str]:
     """``all`` or one accountant name, as a list (InputError for anything else)."""
     if choice == "all":
@@ -55,8 +49,9 @@ def noise_for(target_epsilon: float, sample_rate: float, steps: int, delta: floa
     Raises one InputError naming every accountant for which the target cannot be reached, and
     refuses ``gdp``, which reports epsilon but never calibrates.
     """
-    if "gdp" in accountants:
-        raise InputError(gdp_calibration_refusal("--accountant gdp", "--noise-multiplier"))
+    for name in accountants:
+        if not ACCOUNTANTS[name].calibrates:
+            raise InputError(gdp_calibration_refusal(f"--accountant {name}", "--noise-multiplier"))
     results, problems = [], []
     for name in accountants:
         try:
@@ -177,7 +172,7 @@ def direct_plan(
         sample_rate=sample_rate,
         steps=steps,
         delta=delta,
-        accountant="prv" if "prv" in accountants else accountants[0],  # prv bounds the steps
+        accountants=accountants,
         noise_multiplier=noise_multiplier,
         target_epsilon=target_epsilon,
         names={
@@ -196,5 +191,5 @@ def direct_plan(
     else:
         doc.update(mode="noise_multiplier", target_epsilon=target_epsilon)
         doc["results"] = noise_for(target_epsilon, sample_rate, steps, delta, accountants)
-    doc["notes"] = {name: ACCOUNTANT_NOTES[name] for name in accountants}
+    doc["notes"] = {name: ACCOUNTANTS[name].note for name in accountants}
     return doc

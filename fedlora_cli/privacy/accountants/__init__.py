@@ -1,8 +1,10 @@
 """Privacy accounting and noise calibration through Opacus's accountants.
 
 A client that ran ``steps`` DP-SGD steps with Poisson rate ``q`` and noise multiplier ``σ``
-has spent ``ε(σ, q, steps, δ)`` as computed by the chosen Opacus accountant (``rdp``: Mironov
-2017 / Mironov et al. 2019; ``prv``: Gopi et al. 2021; ``gdp``: Dong et al. 2019).
+has spent ``ε(σ, q, steps, δ)`` as computed by the chosen accountant. The accountants are one
+module each in this package (``rdp``: Mironov 2017 / Mironov et al. 2019; ``prv``: Gopi et
+al. 2021; ``gdp``: Dong et al. 2019), registered in :data:`ACCOUNTANTS`. Opacus loads only when
+an epsilon or a noise multiplier is computed.
 """
 
 from __future__ import annotations
@@ -13,19 +15,15 @@ import os
 import warnings
 from pathlib import Path
 
-import opacus
-
-from opacus.accountants import RDPAccountant, create_accountant
-from opacus.accountants.analysis.rdp import get_privacy_spent as rdp_privacy_spent
-from opacus.accountants.utils import get_noise_multiplier
-
 from fedlora_cli.errors import InputError
-from fedlora_cli.privacy.limits import PRV_MAX_STEPS
+from fedlora_cli.privacy.accountants.base import ACCOUNTANTS, DEFAULT_ACCOUNTANT, get_accountant
+from fedlora_cli.registry import discover
 
-ACCOUNTANTS = ("rdp", "prv", "gdp")
-CALIBRATION_ACCOUNTANTS = ("rdp", "prv")  # upper bounds; gdp's CLT approximation can fall below the true epsilon
+discover(__name__)
+
+#: upper bounds that may calibrate noise (gdp's CLT approximation can fall below the true epsilon)
+CALIBRATION_ACCOUNTANTS = tuple(name for name, cls in ACCOUNTANTS.items() if cls.calibrates)
 CALIBRATION_TOLERANCE = 0.005
-PRV_EPS_ERROR = 0.01  # Opacus PRVAccountant.get_epsilon's default eps_error
 _CALIBRATIONS: dict[str, float] = {}  # in-process memo of calibrate_noise
 
 
@@ -34,13 +32,13 @@ def check_parameters(
     sample_rate: float,
     steps: int,
     delta: float,
-    accountant: str,
+    accountants: list[str],
     noise_multiplier: float | None = None,
     target_epsilon: float | None = None,
     names: dict[str, str] | None = None,
 ) -> None:
     """Raise one InputError listing every out-of-range accounting parameter: non-finite numbers,
-    and more than ``PRV_MAX_STEPS`` steps for the prv accountant.
+    and more steps than one of ``accountants`` allows (its ``max_steps``: prv takes minutes beyond it).
 
     ``names`` maps a parameter to how the caller calls it (a flag or a recipe key).
     """
@@ -53,13 +51,11 @@ def check_parameters(
         problems.append(f"{label('steps')} must be at least 1 (got {steps})")
     if not 0 < delta < 1:
         problems.append(f"{label('delta')} must be in (0, 1) (got {delta})")
-    if accountant not in ACCOUNTANTS:
-        problems.append(f"{label('accountant')} must be one of {', '.join(ACCOUNTANTS)} (got {accountant!r})")
-    if accountant == "prv" and steps > PRV_MAX_STEPS:
-        problems.append(
-            f"{label('steps')}={steps}: the prv accountant takes minutes beyond {PRV_MAX_STEPS} steps; "
-            f"use {label('accountant')} rdp (fast, slightly looser) or fewer steps"
-        )
+    for accountant in accountants:
+        if accountant not in ACCOUNTANTS:
+            problems.append(f"{label('accountant')} must be one of {', '.join(ACCOUNTANTS)} (got {accountant!r})")
+        elif too_many_steps(accountant, steps, label("accountant") + " "):
+            problems.append(f"{label('steps')}={steps}: {too_many_steps(accountant, steps, label('accountant') + ' ')}")
     if noise_multiplier is not None and not 0 <= noise_multiplier < math.inf:
         problems.append(f"{label('noise_multiplier')} must be a finite number of at least 0 (got {noise_multiplier})")
     if target_epsilon is not None and not 0 < target_epsilon < math.inf:
@@ -68,35 +64,28 @@ def check_parameters(
         raise InputError(problems)
 
 
-def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp") -> float:
+def too_many_steps(accountant: str, steps: int, setting: str = "privacy.accountant=") -> str | None:
+    """Why ``steps`` steps are refused for ``accountant`` (beyond its ``max_steps``: minutes), else
+    None; ``setting`` is how the caller spells choosing an accountant (a recipe key or a flag)."""
+    limit = ACCOUNTANTS[accountant].max_steps
+    if limit is None or steps <= limit:
+        return None
+    fast = next(name for name, cls in ACCOUNTANTS.items() if cls.max_steps is None and cls.calibrates)
+    return f"the {accountant} accountant takes minutes beyond {limit} steps; use {setting}{fast} (fast, slightly looser) or fewer steps"
+
+
+def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = DEFAULT_ACCOUNTANT) -> float:
     """Epsilon after ``steps`` Poisson-sampled Gaussian steps (0 for no steps, inf for no noise)."""
     if steps <= 0:
         return 0.0
     if noise_multiplier <= 0:
         return math.inf
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # gdp warns on every use; the CLI states its caveat once
-        acc = create_accountant(accountant)
-        acc.history = [(noise_multiplier, sample_rate, steps)]
-        return float(acc.get_epsilon(delta=delta))
+    return get_accountant(accountant).epsilon(noise_multiplier, sample_rate, steps, delta)
 
 
 def epsilon_floor(delta: float, accountant: str) -> float:
-    """The epsilon no amount of noise gets below (the limit σ → ∞), for a fast "unreachable".
-
-    ``rdp``: with zero Rényi divergence the conversion of Balle et al. 2020 (as Opacus does it)
-    still gives ``min_α [log((α−1)/α) − (log δ + log α)/(α−1)] > 0`` over Opacus's orders α.
-    ``prv``: Opacus reports the PRV estimate plus its ``eps_error`` (0.01). ``gdp``: 0.
-    """
-    if accountant == "rdp":
-        orders = RDPAccountant.DEFAULT_ALPHAS
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "optimal order is the largest alpha": expected in the limit
-            eps, _ = rdp_privacy_spent(orders=orders, rdp=[0.0] * len(orders), delta=delta)
-        return float(eps)
-    if accountant == "prv":
-        return PRV_EPS_ERROR
-    return 0.0
+    """The epsilon no amount of noise gets below (the limit σ → ∞), for a fast "unreachable"."""
+    return get_accountant(accountant).floor(delta)
 
 
 def _cache_path() -> Path:
@@ -126,7 +115,7 @@ def gdp_calibration_refusal(
     )
 
 
-def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp") -> float:
+def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = DEFAULT_ACCOUNTANT) -> float:
     """The smallest noise multiplier (within 0.5% in epsilon) whose epsilon stays at or below the target.
 
     Only the accountants in ``CALIBRATION_ACCOUNTANTS`` calibrate; ``gdp`` is an InputError.
@@ -136,8 +125,10 @@ def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, ste
     for exactly the inputs it was computed for, and only after :func:`_checked_cached_noise`
     re-verified it; anything else is recalibrated and the cache entry rewritten.
     """
+    import opacus
+
     if accountant not in CALIBRATION_ACCOUNTANTS:
-        raise InputError(gdp_calibration_refusal())
+        raise InputError(gdp_calibration_refusal(f"privacy.accountant={accountant}"))
     key = f"opacus={opacus.__version__}|{accountant}|eps={target_epsilon!r}|delta={delta!r}|q={sample_rate!r}|T={steps}|tol={CALIBRATION_TOLERANCE}"
     if key not in _CALIBRATIONS:
         path = _cache_path()
@@ -178,6 +169,8 @@ def _search_noise(target_epsilon: float, delta: float, sample_rate: float, steps
             f"privacy.target_epsilon={target_epsilon}: cannot be reached with the {accountant} accountant at "
             f"delta={delta} whatever the noise (its floor is {floor:.4g}); raise the target or delta"
         )
+    from opacus.accountants.utils import get_noise_multiplier
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -187,7 +180,7 @@ def _search_noise(target_epsilon: float, delta: float, sample_rate: float, steps
                     target_delta=delta,
                     sample_rate=sample_rate,
                     steps=steps,
-                    accountant=accountant,
+                    accountant=get_accountant(accountant).opacus_class().mechanism(),
                     epsilon_tolerance=CALIBRATION_TOLERANCE * target_epsilon,
                 )
             )
@@ -198,6 +191,6 @@ def _search_noise(target_epsilon: float, delta: float, sample_rate: float, steps
         ) from None
 
 
-def epsilon_curve(noise_multiplier: float, sample_rate: float, steps: list[int], delta: float, accountant: str = "rdp") -> list[float]:
+def epsilon_curve(noise_multiplier: float, sample_rate: float, steps: list[int], delta: float, accountant: str = DEFAULT_ACCOUNTANT) -> list[float]:
     """Epsilon after each of the step counts in ``steps`` (e.g. after every round)."""
     return [epsilon(noise_multiplier, sample_rate, count, delta, accountant) for count in steps]

@@ -335,8 +335,24 @@ def _switch_choice(tree: dict, key: str, value: Any) -> None:
     if registry is None or sub != registry.key or not isinstance(value, str) or not isinstance(options, dict):
         return
     if value in registry.options and options.get(registry.key, registry.default) != value:
-        kept = registry.options[value].model_fields
-        tree[section] = {name: option for name, option in options.items() if name in kept}
+        _keep_options_of(tree, section, value)
+
+
+def _keep_options_of(tree: dict, section: str, choice: str) -> None:
+    kept = CHOICES[section].options[choice].model_fields
+    tree[section] = {name: option for name, option in tree[section].items() if name in kept}
+
+
+def without_foreign_options(tree: dict) -> dict:
+    """A run directory's ``recipe.yaml`` as this version reads it. fedlora before the option
+    registries wrote every method's and partitioner's options into every recipe it resolved
+    (``method.svd_period`` under ``fedavg``); the options of choices the run did not make never
+    applied and are dropped, so older runs still evaluate, compare and resume."""
+    for section, registry in CHOICES.items():
+        options = tree.get(section)
+        if isinstance(options, dict) and options.get(registry.key, registry.default) in registry.options:
+            _keep_options_of(tree, section, options.get(registry.key, registry.default))
+    return tree
 
 
 def builtin_recipe_dir() -> Path:
@@ -422,10 +438,13 @@ def _resolve_data_paths(data: DataConfig, base_dir: Path) -> None:
                 break
 
 
-def load_recipe(name_or_path: str | None = None, overrides: list[str] | None = None) -> Recipe:
-    """Load a recipe file (or builtin name), apply overrides, validate everything at once."""
+def load_recipe(name_or_path: str | None = None, overrides: list[str] | None = None, *, saved: bool = False) -> Recipe:
+    """Load a recipe file (or builtin name), apply overrides, validate everything at once.
+    ``saved``: the file is a run directory's resolved recipe (:func:`without_foreign_options`)."""
     path = resolve_recipe_path(name_or_path)
     tree = read_recipe_tree(path)
+    if saved:
+        without_foreign_options(tree)
     problems = apply_overrides(tree, overrides or [])
     try:
         recipe = parse_recipe(tree, source=str(path), base_dir=path.parent)
@@ -438,12 +457,15 @@ def load_recipe(name_or_path: str | None = None, overrides: list[str] | None = N
 
 def recipe_changes(before: Any, after: Any, key: str = "") -> list[str]:
     """``key: old -> new`` for every dotted key whose value differs between two resolved recipes
-    (:meth:`Recipe.resolved`), e.g. ``model.rank: 4 -> 8``."""
+    (:meth:`Recipe.resolved`), e.g. ``model.rank: 4 -> 8``. A key only one of them has is a
+    schema change between fedlora versions (a setting added at its default, an option of another
+    method no longer written), not a change of the run: resolved recipes carry every setting."""
     if isinstance(before, dict) and isinstance(after, dict):
         return [
             change
-            for sub in dict.fromkeys([*before, *after])
-            for change in recipe_changes(before.get(sub), after.get(sub), f"{key}.{sub}" if key else sub)
+            for sub in before
+            if sub in after
+            for change in recipe_changes(before[sub], after[sub], f"{key}.{sub}" if key else sub)
         ]
     return [] if before == after else [f"{key}: {str(before)[:60]} -> {str(after)[:60]}"]
 

@@ -30,6 +30,7 @@ from fedlora_cli.recipe import (
     apply_overrides,
     parse_recipe,
     read_recipe_tree,
+    without_foreign_options,
     resolve_recipe_path,
     _resolve_data_paths,
 )
@@ -150,7 +151,7 @@ def _section(validate, tree: dict, key: str):
         return None
 
 
-def check_recipe(name_or_path: str | None, overrides: list[str] | None = None) -> CheckedRecipe:
+def check_recipe(name_or_path: str | None, overrides: list[str] | None = None, *, saved: bool = False) -> CheckedRecipe:
     """Load, override and validate a recipe, read its data, split it into clients and plan its privacy.
 
     Raises one :class:`InputError` listing every problem: schema problems and, whenever the
@@ -159,6 +160,8 @@ def check_recipe(name_or_path: str | None, overrides: list[str] | None = None) -
     """
     path = resolve_recipe_path(name_or_path)
     tree = read_recipe_tree(path)
+    if saved:  # a run directory's resolved recipe
+        without_foreign_options(tree)
     problems = apply_overrides(tree, overrides or [])
     recipe = None
     try:

@@ -69,7 +69,7 @@ def train(
         require_existing(resume, "--resume")
         run_dir = RunDir.existing(resume)
     with progress("checking the recipe, reading the data, planning privacy", show=not (as_json or quiet)) as phase:
-        checked = check_recipe(str(run_dir.recipe_path) if resume is not None else recipe, overrides)
+        checked = check_recipe(str(run_dir.recipe_path) if resume is not None else recipe, overrides, saved=resume is not None)
         # torch, transformers and opacus load only once the recipe is known to be good, so
         # `fedlora --help` and recipe errors come back in about a second
         from fedlora_cli.federation.engine import FederatedRun

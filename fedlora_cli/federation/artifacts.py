@@ -53,7 +53,7 @@ def resolve_target(run_dir: str | Path | None, adapter: str | Path | None, recip
                 f"{run.path}: no final adapter in {ADAPTER_DIR}/ (the run has not finished); "
                 f"finish it with `fedlora train --resume {run.path}`"
             )
-        return EvalTarget(load_recipe(str(run.recipe_path)), run.recipe_path, adapter_dir, run.path)
+        return EvalTarget(load_recipe(str(run.recipe_path), saved=True), run.recipe_path, adapter_dir, run.path)
     if adapter is None or recipe is None:
         raise InputError("give a RUN_DIR, or both --adapter DIR and --recipe FILE")
     adapter_dir = Path(adapter)
@@ -157,7 +157,7 @@ def run_record(path: str | Path) -> dict:
     run = RunDir.existing(path)
     metrics = run.read_metrics()
     summary = run.read_summary()
-    recipe = load_recipe(str(run.recipe_path))
+    recipe = load_recipe(str(run.recipe_path), saved=True)
     record = {
         "run_dir": str(run.path),
         "name": run.path.name,

@@ -1,0 +1,36 @@
+"""Run directories written by an older fedlora still evaluate, compare and resume.
+
+Before the option registries, a resolved recipe carried every method's and partitioner's options
+(``method.svd_period`` under ``fedavg``); before ``federation.device`` existed it had no device.
+"""
+
+import pytest
+import yaml
+
+from fedlora_cli.errors import InputError
+from fedlora_cli.recipe import dump_recipe, load_recipe, recipe_changes
+
+
+def older_resolved_recipe(tmp_path):
+    current = yaml.safe_load(dump_recipe(load_recipe("default", ["method.name=fedavg", "partition.method=iid"])))
+    older = yaml.safe_load(dump_recipe(load_recipe("default", ["method.name=fedavg", "partition.method=iid"])))
+    older["method"].update({"svd_period": 1, "svd_mode": "thin", "fedsb_init": "random"})
+    older["partition"].update({"alpha": 0.5, "labels_per_client": 2})
+    del older["federation"]["device"]
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(older, sort_keys=False), encoding="utf-8")
+    return path, older, current
+
+
+def test_an_older_run_recipe_loads_as_saved_and_is_refused_as_a_user_file(tmp_path):
+    path, _, current = older_resolved_recipe(tmp_path)
+    assert load_recipe(str(path), saved=True).resolved() == current
+    with pytest.raises(InputError, match="method.svd_period"):
+        load_recipe(str(path))
+
+
+def test_schema_changes_are_not_recipe_changes_but_real_changes_are(tmp_path):
+    _, older, current = older_resolved_recipe(tmp_path)
+    assert recipe_changes(older, current) == []
+    current["model"]["rank"] = 4
+    assert recipe_changes(older, current) == ["model.rank: 8 -> 4"]

@@ -24,6 +24,7 @@ from fedlora_cli.data.partitioners import REGISTRY as PARTITIONERS
 from fedlora_cli.device import check_device_setting
 from fedlora_cli.errors import InputError
 from fedlora_cli.methods import REGISTRY as METHODS
+from fedlora_cli.methods.server_optimizer import PER_COORDINATE
 from fedlora_cli.privacy.accountants.base import ACCOUNTANTS, DEFAULT_ACCOUNTANT
 from fedlora_cli.registry import Options as Section
 from fedlora_cli.registry import Registry, did_you_mean as _did_you_mean
@@ -107,9 +108,10 @@ class FederationConfig(Section):
         "see docs/devices.md",
     )
     _known_device = field_validator("device")(check_device_setting)
-    server_optimizer: Literal["none", "momentum", "adagrad", "adam", "yogi"] = Field(
+    server_optimizer: Literal["none", "sgd", "momentum", "adagrad", "adam", "yogi"] = Field(
         "none",
-        description="optimizer the server applies to the averaged update (FedAvgM: momentum; FedAdagrad/FedAdam/FedYogi); "
+        description="optimizer the server applies to the averaged update (sgd: FedAvg with server_lr; FedAvgM: momentum; "
+        "FedAdagrad/FedAdam/FedYogi); "
         "post-processing, no privacy cost",
     )
     server_lr: float = Field(1.0, gt=0, description="server optimizer: step size η on the averaged update")
@@ -216,11 +218,11 @@ class Recipe(Section):
                 "product update into the frozen weights, so an optimizer step on the averaged factors would not "
                 f"be the method any more; use federation.server_optimizer=none or method {keeps_base}"
             )
-        if method == "fedsvd" and optimizer != "momentum" and self.method.svd_period > 0:
+        if method == "fedsvd" and optimizer in PER_COORDINATE and self.method.svd_period > 0:
             raise ValueError(
                 f"federation.server_optimizer={optimizer} with fedsvd: its per-coordinate second moments lose their "
                 "meaning when the re-factorization rotates B's coordinates; use federation.server_optimizer=momentum "
-                "(carried into the new basis exactly) or method.svd_period=0"
+                "(carried into the new basis exactly), sgd (stateless) or method.svd_period=0"
             )
         return self
 

@@ -37,9 +37,11 @@ def make(tiny_model_dir: str, method: str, optimizer: str, **method_options):
     return model, m
 
 
+@pytest.mark.parametrize("optimizer, beta", [("momentum", BETA), ("sgd", 0.0)])
 @pytest.mark.parametrize("name", ["ffa", "fedsvd", "fedsb"])
-def test_server_momentum_serves_weight_space_fedavgm(tiny_model_dir, name):
-    model, method = make(tiny_model_dir, name, "momentum")
+def test_server_momentum_serves_weight_space_fedavgm(tiny_model_dir, name, optimizer, beta):
+    """FedAvgM, and FedAvg with a server learning rate (``sgd``: the same with β = 0)."""
+    model, method = make(tiny_model_dir, name, optimizer)
     generator = torch.Generator().manual_seed(3)
     state = adapter_state(model)
     served = {m.name: effective_weight(m) for m in method.modules}
@@ -52,12 +54,12 @@ def test_server_momentum_serves_weight_space_fedavgm(tiny_model_dir, name):
         load_adapter_state(model, state)
         for module in method.modules:
             mean = weighted([e[module.name] for e in effective])
-            momentum[module.name] = BETA * momentum[module.name] + (mean - served[module.name])
+            momentum[module.name] = beta * momentum[module.name] + (mean - served[module.name])
             served[module.name] = served[module.name] + LR * momentum[module.name]
             assert rel_err(effective_weight(module), served[module.name]) < 1e-5, (name, round_index, module.name)
         for key in [k for k in uploads[0] if is_head_parameter(k)]:
             delta = weighted([u[key].double() for u in uploads]) - previous[key].double()
-            head_momentum[key] = BETA * head_momentum.get(key, torch.zeros_like(delta)) + delta
+            head_momentum[key] = beta * head_momentum.get(key, torch.zeros_like(delta)) + delta
             expected = previous[key].double() + LR * head_momentum[key]
             torch.testing.assert_close(state[key].double(), expected, rtol=1e-5, atol=1e-6)
 

@@ -6,13 +6,14 @@ Each round the method's weighted mean ``x̄`` of the uploaded tensors gives the 
 ``Δ = x̄ − x`` (``x``: the global tensor the clients started from), and the optimizer replaces
 ``x̄`` by ``x + η·u`` before the method's own server step:
 
+- ``sgd`` (FedAvg with a server learning rate, FedOpt's SERVEROPT = SGD): ``u = Δ``
 - ``momentum`` (FedAvgM): ``m ← β·m + Δ``, ``u = m``
 - ``adagrad``:            ``m ← β1·m + (1−β1)·Δ``, ``v ← v + Δ²``, ``u = m / (√v + τ)``
 - ``adam``:               ``m`` as above, ``v ← β2·v + (1−β2)·Δ²``, ``u = m / (√v + τ)``
 - ``yogi``:               ``m`` as above, ``v ← v − (1−β2)·Δ²·sign(v − Δ²)``, ``u = m / (√v + τ)``
 
-(Reddi et al.'s Algorithm 2, no bias correction.) With ``server_lr`` 1 and ``momentum`` 0,
-``momentum`` is plain averaging. The optimizer acts on what the method averages (A and B for
+(Reddi et al.'s Algorithm 2, no bias correction.) With ``server_lr`` 1, ``sgd`` (and
+``momentum`` with β 0) is plain averaging. The optimizer acts on what the method averages (A and B for
 fedavg, B for ffa and fedsvd before the re-factorization, R for fedsb, the head when trained),
 so every exact method stays exact: the served adapter is the method's equation applied to
 ``x + η·u`` instead of ``x̄``. Under DP the uploads (sample level) or the mean (client level)
@@ -25,7 +26,7 @@ import torch
 
 State = dict[str, torch.Tensor]
 
-SERVER_OPTIMIZERS = ("none", "momentum", "adagrad", "adam", "yogi")
+SERVER_OPTIMIZERS = ("none", "sgd", "momentum", "adagrad", "adam", "yogi")
 #: Optimizers whose state is per coordinate (a second moment): it has no meaning after a change of basis.
 PER_COORDINATE = ("adagrad", "adam", "yogi")
 
@@ -54,6 +55,9 @@ class ServerOptimizer:
         for key, averaged in mean.items():
             x = global_state[key].double()
             delta = averaged.double() - x
+            if self.name == "sgd":  # stateless
+                out[key] = (x + self.lr * delta).to(averaged.dtype)
+                continue
             m = self.m.get(key, torch.zeros_like(delta))
             if self.name == "momentum":
                 m = self.beta1 * m + delta

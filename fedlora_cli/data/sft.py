@@ -54,17 +54,22 @@ class SFTDataset:
         )
 
 
+def _split(loaded, names: tuple[str, ...]):
+    """The first of ``names`` in a saved DatasetDict (None if none); a saved Dataset is one split."""
+    if not hasattr(loaded, "keys"):
+        return loaded
+    return next((loaded[name] for name in names if name in loaded), None)
+
+
 def _rows(path: Path, cfg: DataConfig, test: bool) -> tuple[list[dict], str]:
     """Rows of a file or saved HF dataset as dicts (a DatasetDict: its train, or its test/validation split)."""
     if path.is_dir():
+        wanted = HF_TEST_SPLITS if test else ("train",)
         loaded = _load_from_disk(path)
-        if hasattr(loaded, "keys"):
-            wanted = HF_TEST_SPLITS if test else ("train",)
-            split = next((name for name in wanted if name in loaded), None)
-            if split is None:
-                raise InputError(f"{path}: a saved DatasetDict needs a '{wanted[0]}' split (it has {', '.join(loaded)})")
-            loaded = loaded[split]
-        return [dict(row) for row in loaded], str(path)
+        split = _split(loaded, wanted)
+        if split is None:
+            raise InputError(f"{path}: a saved DatasetDict needs a '{wanted[0]}' split (it has {', '.join(loaded)})")
+        return [dict(row) for row in split], str(path)
     suffix = path.suffix.lower()
     if suffix not in {".csv", ".tsv", ".jsonl"}:
         raise InputError(f"data file {path}: unsupported type '{suffix}'; use .csv, .tsv or .jsonl")
@@ -129,9 +134,14 @@ def load_sft_datasets(data: DataConfig, cfg: CausalLMConfig) -> tuple[SFTDataset
     held out), each cut to its seeded ``max_*_samples`` subset as for classification."""
     source = Path(data.source)
     full = _parse(*_rows(source, data, test=False), cfg=cfg)
-    test_source = Path(data.test_path) if data.test_path else (source if source.is_dir() else None)
-    if test_source is not None:
-        train, test = full, _parse(*_rows(test_source, data, test=True), cfg=cfg)
+    source_test = None  # a saved DatasetDict's test (or validation) split
+    if source.is_dir() and not data.test_path:
+        loaded = _load_from_disk(source)
+        source_test = _split(loaded, HF_TEST_SPLITS) if hasattr(loaded, "keys") else None
+    if data.test_path:
+        train, test = full, _parse(*_rows(Path(data.test_path), data, test=True), cfg=cfg)
+    elif source_test is not None:
+        train, test = full, _parse([dict(row) for row in source_test], f"{source} (test split)", cfg)
     else:
         order = np.random.default_rng(data.split_seed).permutation(len(full))
         n_test = max(1, int(round(data.test_fraction * len(full))))

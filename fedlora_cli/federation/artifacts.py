@@ -131,7 +131,7 @@ def evaluate_adapter(
     model = load_adapter_model(recipe, target.adapter_dir, len(names))
 
     def score(dataset, what: str = "the test split") -> dict:
-        phase(f"tokenizing and scoring {what} ({len(dataset)} examples)")
+        phase(f"tokenizing and scoring {what} ({len(dataset)} texts)")
         return {"samples": len(dataset), **task.evaluate(model, dataset, task.tokenize(dataset))}
 
     result: dict = {

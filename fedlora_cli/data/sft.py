@@ -3,8 +3,9 @@
 Rows come from the same files as classification data (CSV/TSV, JSONL, a saved Hugging Face
 dataset) and hold a prompt and a response column (``causal_lm.prompt_column`` and
 ``response_column``) or one chat column (``causal_lm.messages_column``: a list of
-``{role, content}``, whose last message is the response). With ``causal_lm.choices`` every row
-is a multiple-choice question: its response is one of the options (given as text or as its index).
+``{role, content}``, whose last message is the response). With ``causal_lm.choices`` (the same
+options for every row) or ``causal_lm.choices_column`` (a list of options per row) every row is a
+multiple-choice question: its response is one of its options (given as text or as its index).
 
 One example is ``prompt tokens + response tokens + EOS``. The prompt is the tokenizer's chat
 template of the user turn with the assistant header (``add_generation_prompt``) when the
@@ -36,21 +37,24 @@ class SFTDataset:
     """Prompts (a string, or the chat turns before the response) and their responses.
 
     ``labels`` are the index of the correct option for multiple choice, else 0 for every row
-    (there are no classes to split clients by); ``label_names`` name them.
+    (there are no classes to split clients by); ``label_names`` name them. ``options`` are each
+    row's options (multiple choice), else None.
     """
 
     prompts: list[str | list[dict]]
     responses: list[str]
     labels: list[int]
     label_names: list[str]
+    options: list[list[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.responses)
 
     def subset(self, indices) -> "SFTDataset":
         idx = [int(i) for i in indices]
+        options = [self.options[i] for i in idx] if self.options is not None else None
         return SFTDataset(
-            [self.prompts[i] for i in idx], [self.responses[i] for i in idx], [self.labels[i] for i in idx], self.label_names
+            [self.prompts[i] for i in idx], [self.responses[i] for i in idx], [self.labels[i] for i in idx], self.label_names, options
         )
 
 
@@ -98,14 +102,28 @@ def _response(value, choices: list[str] | None, where: str, number: int) -> tupl
     if text.lstrip("-").isdigit() and 0 <= int(text) < len(choices):
         return choices[int(text)], int(text)
     raise InputError(
-        f"{where}, row {number}: response '{text[:40]}' is neither one of causal_lm.choices ({', '.join(choices)}) "
+        f"{where}, row {number}: response '{text[:40]}' is neither one of the row's options ({', '.join(choices)}) "
         f"nor an index 0..{len(choices) - 1}"
     )
 
 
+def _row_options(row: dict, cfg: CausalLMConfig, where: str, number: int) -> list[str] | None:
+    """The row's options: ``causal_lm.choices``, or its ``choices_column`` list (None: not multiple choice)."""
+    if cfg.choices_column is None:
+        return cfg.choices
+    options = _field(row, cfg.choices_column, "choices_column", where, number)
+    if not (isinstance(options, list) and len(options) >= 2 and all(isinstance(o, str) and o.strip() for o in options)):
+        raise InputError(
+            f"{where}, row {number}: causal_lm.choices_column '{cfg.choices_column}' must be a list of at least two "
+            "non-empty option texts (a JSON list in a .jsonl file)"
+        )
+    return options
+
+
 def _parse(rows: list[dict], where: str, cfg: CausalLMConfig) -> SFTDataset:
-    prompts, responses, labels = [], [], []
+    prompts, responses, labels, options = [], [], [], []
     for number, row in enumerate(rows, start=1):
+        choices = _row_options(row, cfg, where, number)
         if cfg.messages_column is not None:
             messages = _field(row, cfg.messages_column, "messages_column", where, number)
             if not (
@@ -118,15 +136,17 @@ def _parse(rows: list[dict], where: str, cfg: CausalLMConfig) -> SFTDataset:
                     f"{where}, row {number}: causal_lm.messages_column '{cfg.messages_column}' must be a list of "
                     "{role, content} turns ending with the assistant's response"
                 )
-            prompt, (response, label) = messages[:-1], _response(messages[-1]["content"], cfg.choices, where, number)
+            prompt, (response, label) = messages[:-1], _response(messages[-1]["content"], choices, where, number)
         else:
             prompt = cfg.prompt_template.replace("{prompt}", str(_field(row, cfg.prompt_column, "prompt_column", where, number)))
             value = _field(row, cfg.response_column, "response_column", where, number)
-            response, label = _response(value, cfg.choices, where, number)
+            response, label = _response(value, choices, where, number)
         prompts.append(prompt)
         responses.append(response)
         labels.append(label)
-    return SFTDataset(prompts, responses, labels, list(cfg.choices) if cfg.choices else [EXAMPLES_LABEL])
+        options.append(choices)
+    names = list(cfg.choices) if cfg.choices else [EXAMPLES_LABEL]
+    return SFTDataset(prompts, responses, labels, names, options if cfg.multiple_choice else None)
 
 
 def load_sft_datasets(data: DataConfig, cfg: CausalLMConfig) -> tuple[SFTDataset, SFTDataset]:

@@ -1,7 +1,8 @@
 """``task: causal_lm``: supervised fine-tuning of a decoder (AutoModelForCausalLM, peft CAUSAL_LM).
 
 Evaluation (:mod:`fedlora_cli.tasks.lm_scoring`): held-out per-token response loss and
-perplexity on the whole test set; with ``causal_lm.choices``, accuracy of the option with the
+perplexity on the whole test set; for multiple choice (``causal_lm.choices`` or
+``choices_column``), accuracy of the option with the
 highest per-token log-likelihood; otherwise exact match of greedily decoded answers on the first
 ``causal_lm.generate_samples`` test examples. The headline ``accuracy`` is the choice accuracy or
 the exact match (None when neither is computed).
@@ -38,8 +39,8 @@ class CausalLMTask:
         model.eval()
         try:
             scores = heldout_loss(model, data, batch_size)
-            if cfg.choices:
-                scores.update(choice_accuracy(model, dataset, self.tokenizer, cfg.choices, batch_size))
+            if cfg.multiple_choice:
+                scores.update(choice_accuracy(model, dataset, self.tokenizer, batch_size))
                 scores["accuracy"] = scores["choice_accuracy"]
             elif cfg.generate_samples:
                 sample = dataset.subset(range(min(len(dataset), cfg.generate_samples)))

@@ -97,25 +97,30 @@ def exact_match(
     return {"exact_match": sum(hits) / len(hits), "generated": len(hits), "example_output": texts[0]}
 
 
-def choice_log_likelihoods(model: torch.nn.Module, dataset: SFTDataset, tokenizer, choices: list[str], batch_size: int) -> torch.Tensor:
-    """``[n, k]``: each option's mean log-probability per token after the prompt (length-normalized,
-    so a long option is not penalized for having more tokens); no end token is scored."""
-    options = [response_ids(tokenizer, choice, end=False) for choice in choices]
-    sequences, starts = [], []
-    for prompt in dataset.prompts:
+def choice_log_likelihoods(model: torch.nn.Module, dataset: SFTDataset, tokenizer, batch_size: int) -> torch.Tensor:
+    """``[n, k]``: each row's options' mean log-probability per token after the prompt
+    (length-normalized, so a long option is not penalized for having more tokens; no end token is
+    scored); ``-inf`` where a row has fewer than ``k`` options."""
+    sequences, starts, slots = [], [], []
+    for row, (prompt, options) in enumerate(zip(dataset.prompts, dataset.options)):
         head = prompt_ids(tokenizer, prompt)
-        for option in options:
-            sequences.append(head + option)
+        for position, option in enumerate(options):
+            sequences.append(head + response_ids(tokenizer, option, end=False))
             starts.append(len(head))
+            slots.append((row, position))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     pairs = TokenizedDataset(sequences, None, torch.zeros(len(sequences), dtype=torch.long), pad, prompt_lengths=starts)
     sums, counts = example_nll(model, pairs, batch_size)
-    return (-sums / counts.clamp(min=1)).view(len(dataset), len(choices))
+    scores = torch.full((len(dataset), max(len(o) for o in dataset.options)), -math.inf, dtype=torch.float64)
+    for (row, position), value in zip(slots, (-sums / counts.clamp(min=1)).tolist()):
+        scores[row, position] = value
+    return scores
 
 
-def choice_accuracy(model: torch.nn.Module, dataset: SFTDataset, tokenizer, choices: list[str], batch_size: int) -> dict:
-    """Share of ``dataset`` whose highest-scoring option (:func:`choice_log_likelihoods`) is the right one."""
-    picked = choice_log_likelihoods(model, dataset, tokenizer, choices, batch_size).argmax(dim=1)
-    predicted = torch.bincount(picked, minlength=len(choices)).tolist()
+def choice_accuracy(model: torch.nn.Module, dataset: SFTDataset, tokenizer, batch_size: int) -> dict:
+    """Share of ``dataset`` whose highest-scoring option (:func:`choice_log_likelihoods`) is the right
+    one, and how often each option position was picked."""
+    scores = choice_log_likelihoods(model, dataset, tokenizer, batch_size)
+    picked = scores.argmax(dim=1)
     correct = picked == torch.tensor(dataset.labels)
-    return {"choice_accuracy": float(correct.float().mean()), "predicted_counts": predicted}
+    return {"choice_accuracy": float(correct.float().mean()), "predicted_counts": torch.bincount(picked, minlength=scores.shape[1]).tolist()}

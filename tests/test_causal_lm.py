@@ -115,3 +115,20 @@ def test_the_live_table_of_a_causal_run_shows_loss_and_perplexity():
     assert "perplexity" in out.getvalue() and "3.49" in out.getvalue() and "1.2500" in out.getvalue()
     line = final_scores_line({"final_loss": 1.25, "final_perplexity": 3.49, "final_exact_match": 0.5, "final_generated": 8})
     assert line == "final held-out loss 1.2500 (perplexity 3.49), exact match 0.5000 on 8 generated answers"
+
+
+def test_validate_reports_causal_truncation_and_no_label_warnings(tmp_path, tiny_llama_dir, tiny_sft_jsonl):
+    from fedlora_cli.data.sft import load_sft_datasets, tokenize_sft
+    from fedlora_cli.models import load_tokenizer
+    from fedlora_cli.recipe import load_recipe
+
+    recipe = causal_recipe(tmp_path, tiny_llama_dir, tiny_sft_jsonl)
+    recipe.write_text(recipe.read_text(encoding="utf-8").replace("max_length: 48", "max_length: 20"), encoding="utf-8")
+    result = CliRunner().invoke(app, ["recipes", "validate", "--json", str(recipe)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)[0]
+    parsed = load_recipe(str(recipe))
+    train, _ = load_sft_datasets(parsed.data, parsed.causal_lm)
+    cut = tokenize_sft(train, load_tokenizer(tiny_llama_dir), 20).truncated
+    assert 0 < cut and report["truncated_share"]["train"] == cut / len(train)
+    assert not [w for w in report["warnings"] if w["kind"] == "one_label_client"]

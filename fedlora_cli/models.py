@@ -222,8 +222,21 @@ def add_lora(model: torch.nn.Module, cfg: ModelConfig, seed: int, task: str = "c
         try:
             peft_model = get_peft_model(model, config)
         except ValueError as exc:
-            raise InputError(f"model.target_modules: {first_line(exc)}") from None
+            raise InputError(
+                f"model.target_modules: {first_line(exc)} Layers this model has: {', '.join(adaptable_layer_names(model))}"
+            ) from None
     return peft_model
+
+
+def adaptable_layer_names(model: torch.nn.Module) -> list[str]:
+    """The distinct last names of the model's linear layers (``torch.nn.Linear`` and GPT-2's
+    ``Conv1D``): what ``model.target_modules`` may name, e.g. q_proj, v_proj (Llama) or c_attn (GPT-2)."""
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if name and (isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D")
+    }
+    return sorted(names)
 
 
 def model_task(model: torch.nn.Module) -> str:

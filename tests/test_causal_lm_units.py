@@ -295,3 +295,10 @@ def test_options_per_row_come_from_choices_column(tmp_path):
     tree["causal_lm"]["choices"] = ["x", "y"]
     with pytest.raises(InputError, match="causal_lm.choices .* or causal_lm.choices_column, not both"):
         parse_recipe(tree)
+
+
+def test_target_modules_that_match_nothing_are_refused_with_the_model_s_layer_names(tiny_gpt2_dir):
+    from fedlora_cli.federation.experiment import build_model
+
+    with pytest.raises(InputError, match=r"model.target_modules: .*Layers this model has: .*c_attn"):
+        build_model(causal_recipe_obj(tiny_gpt2_dir), 1)  # the Llama-style default q_proj, v_proj

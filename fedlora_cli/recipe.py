@@ -194,9 +194,101 @@ class OutputConfig(Section):
     checkpoint_every: int = Field(1, ge=1, description="checkpoint every N rounds (and at the end)")
 
 
+# --- task kinds (issue 14): classification (default) or causal_lm; every causal_lm rule is here ---
+CLASSIFICATION_ONLY = {
+    "model": ("train_head", "pooling"),
+    "data": ("text_column", "text_pair_column", "label_column"),
+    "federation": ("head_lr",),
+}
+LABEL_PARTITIONS = ("dirichlet", "pathological", "shards")  # split by label: causal_lm data has none
+CAUSAL_LM_TARGET_MODULES = ["q_proj", "v_proj"]  # Llama-style attention (SmolLM2, Llama, Mistral, Qwen)
+
+
+class CausalLMConfig(Section):
+    """``task: causal_lm``: supervised fine-tuning of a decoder on prompt -> response pairs.
+
+    The loss covers the response tokens only. Rows hold a prompt and a response column, or a
+    chat ``messages`` column (a list of ``{role, content}``; the last message is the response).
+    """
+
+    prompt_column: str = Field("question", description="column with the prompt (GSM8K: question)")
+    response_column: str = Field("answer", description="column with the response (GSM8K: answer); with choices, the option text or its index")
+    messages_column: str | None = Field(None, description="chat column (list of {role, content}) instead of prompt/response")
+    prompt_template: str = Field("{prompt}", description="the user turn; {prompt} is replaced by the prompt column")
+    choices: list[str] | None = Field(
+        None, min_length=2, description="multiple choice: the options every row chooses from; scored by per-token log-likelihood"
+    )
+    choices_column: str | None = Field(
+        None, description="multiple choice with options per row (ARC/HellaSwag style): column with the row's list of options"
+    )
+    answer: Literal["gsm8k", "last_number", "text"] = Field(
+        "gsm8k",
+        description="exact match of generated answers: gsm8k (number after ####, else the last number), "
+        "last_number, or text (whole stripped response)",
+    )
+    max_new_tokens: int = Field(128, ge=1, le=4096, description="greedy decoding limit for exact match")
+    generate_samples: int = Field(
+        32, ge=0, description="test examples decoded for exact match (decoding is slow on CPU; 0: none)"
+    )
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template_has_the_prompt(cls, value: str) -> str:
+        if "{prompt}" not in value:
+            raise ValueError("must contain {prompt} (where the prompt column's text goes), e.g. \"Question: {prompt}\"")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind_of_choices(self) -> "CausalLMConfig":
+        if self.choices is not None and self.choices_column is not None:
+            raise ValueError("set causal_lm.choices (the same options for every row) or causal_lm.choices_column, not both")
+        return self
+
+    @property
+    def multiple_choice(self) -> bool:
+        return self.choices is not None or self.choices_column is not None
+
+
+def causal_lm_problems(recipe: "Recipe") -> list[str]:
+    """Settings that do not fit the recipe's task; fills in causal_lm's defaults (no head, q_proj/v_proj,
+    iid clients). A classification key counts when it differs from its default, so a resolved recipe
+    (every key written out) validates again."""
+    if recipe.task == "classification":
+        if recipe.causal_lm != CausalLMConfig():
+            return ["causal_lm: settings for task causal_lm; add task: causal_lm or remove the causal_lm section"]
+        return []
+    problems = [
+        f"{section}.{key}: a classification setting; task causal_lm has no classifier head or labels: remove it"
+        for section, keys in CLASSIFICATION_ONLY.items()
+        for key in keys
+        if key != "train_head" and _differs_from_default(getattr(recipe, section), key)
+    ]
+    if recipe.model.train_head and "train_head" in recipe.model.model_fields_set:
+        problems.append("model.train_head: true needs a classifier head; task causal_lm has none: remove it or set false")
+    if recipe.partition.method in LABEL_PARTITIONS and "method" in recipe.partition.model_fields_set:
+        problems.append(
+            f"partition.method={recipe.partition.method} splits by label; causal_lm data has none: use iid or quantity"
+        )
+    if problems:
+        return problems
+    recipe.model.train_head = False
+    if "target_modules" not in recipe.model.model_fields_set:
+        recipe.model.target_modules = list(CAUSAL_LM_TARGET_MODULES)
+    if "method" not in recipe.partition.model_fields_set:
+        recipe.partition.method = "iid"
+    return []
+
+
+def _differs_from_default(section: Section, key: str) -> bool:
+    return getattr(section, key) != type(section).model_fields[key].get_default(call_default_factory=True)
+# --- end of task kinds ---
+
+
 class Recipe(Section):
     name: str = "custom"
     description: str = ""
+    task: Literal["classification", "causal_lm"] = Field("classification", description="classification or causal_lm (decoder SFT)")
+    causal_lm: CausalLMConfig = Field(default_factory=CausalLMConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     partition: PartitionChoice = Field(default_factory=PARTITIONERS.default_options)
@@ -204,6 +296,13 @@ class Recipe(Section):
     method: MethodChoice = Field(default_factory=METHODS.default_options)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _fits_task(self) -> "Recipe":
+        problems = causal_lm_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @model_validator(mode="after")
     def _server_optimizer_keeps_method(self) -> "Recipe":

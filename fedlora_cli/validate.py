@@ -22,6 +22,7 @@ from fedlora_cli.device import device_problems
 from fedlora_cli.errors import InputError
 from fedlora_cli.privacy.accountants import ACCOUNTANTS, gdp_calibration_refusal, too_many_steps
 from fedlora_cli.privacy.secure_random import secure_mode_problem
+from fedlora_cli.tasks import load_task_datasets
 from fedlora_cli.recipe import (
     DataConfig,
     FederationConfig,
@@ -108,14 +109,14 @@ def plan_privacy(recipe: Recipe, client_sizes: list[int]):
     return ClientLevelDP.build(recipe.privacy, recipe.federation, recipe.method.name)
 
 
-def check_rank(model_cfg: ModelConfig) -> None:
+def check_rank(model_cfg: ModelConfig, task: str = "classification") -> None:
     """``model.rank`` against the adapted layers' shapes, as training checks it
     (:func:`fedlora_cli.models._check_rank`), on a skeleton of the model built from its config on
     the meta device (no weights are read or allocated). Raises InputError naming the layer and the
     largest allowed rank; a model that cannot be loaded is left to the loader's own error."""
     import torch
     from peft import LoraConfig
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from fedlora_cli.models import LOCAL_CODE_FREE, _check_rank, resolve_model_path
 
@@ -124,14 +125,16 @@ def check_rank(model_cfg: ModelConfig) -> None:
     except (OSError, ValueError):
         return
     with torch.device("meta"):
-        skeleton = AutoModelForSequenceClassification.from_config(config)
+        auto_class = AutoModelForCausalLM if task == "causal_lm" else AutoModelForSequenceClassification
+        skeleton = auto_class.from_config(config)
     _check_rank(skeleton, LoraConfig(r=model_cfg.rank, target_modules=list(model_cfg.target_modules)))
 
 
-def _data_problems(data: DataConfig, fed: FederationConfig | None, part: PartitionOptions | None):
-    """Data and split problems, and the loaded data when there are none."""
+def _data_problems(data: DataConfig, fed: FederationConfig | None, part: PartitionOptions | None, recipe: Recipe | None):
+    """Data and split problems, and the loaded data when there are none (read as the recipe's task
+    reads it; without a valid recipe, as classification data)."""
     try:
-        train, test = load_datasets(data)
+        train, test = load_task_datasets(recipe) if recipe is not None else load_datasets(data)
     except InputError as exc:
         return exc.problems, None
     if fed is None or part is None:
@@ -188,9 +191,9 @@ def check_recipe(name_or_path: str | None, overrides: list[str] | None = None, *
         fed = _section(FederationConfig.model_validate, tree, "federation")
         part = _section(PARTITIONERS.parse, tree, "partition")
     loaded = None
-    if data_cfg is not None:
+    if data_cfg is not None and (recipe is not None or tree.get("task") != "causal_lm"):
         missing = _missing_data_paths(data_cfg, path.parent)
-        data_problems, loaded = (missing, None) if missing else _data_problems(data_cfg, fed, part)
+        data_problems, loaded = (missing, None) if missing else _data_problems(data_cfg, fed, part, recipe)
         problems += data_problems
     if problems:
         raise InputError(problems, source=str(path))

@@ -71,3 +71,73 @@ output: {{dir: "{tmp_path / 'runs'}"}}
     path = tmp_path / "tiny.yaml"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+#: a minimal chat template (SmolLM2-Instruct's has the same shape: turns, then the assistant header)
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant> {% endif %}"
+)
+
+
+def _tiny_decoder(path, config_for) -> str:
+    """A tiny decoder (random weights, seed 0) with the MiniLM tokenizer, saved at ``path``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from fedlora_cli.models import resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config_for(tokenizer)).save_pretrained(path)
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> str:
+    """A 2-layer Llama (hidden 32) whose tokenizer has a chat template."""
+    from transformers import LlamaConfig
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = _tiny_decoder(
+        path,
+        lambda tok: LlamaConfig(
+            vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+            pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id, bos_token_id=tok.cls_token_id,
+        ),
+    )
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory) -> str:
+    """A 2-layer GPT-2 (Conv1D layers, hidden 32) whose tokenizer has no chat template."""
+    from transformers import GPT2Config
+
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    tokenizer = _tiny_decoder(
+        path,
+        lambda tok: GPT2Config(
+            vocab_size=tok.vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=256,
+            pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id, bos_token_id=tok.cls_token_id,
+        ),
+    )
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture
+def tiny_sft_jsonl(tmp_path) -> Path:
+    """80 arithmetic questions with GSM8K-style answers (``#### n``)."""
+    import json
+
+    lines = []
+    for i in range(80):
+        a, b = i % 9 + 1, i % 7 + 2
+        lines.append(json.dumps({"question": f"what is {a} plus {b}?", "answer": f"{a} + {b} = {a + b}\n#### {a + b}"}))
+    path = tmp_path / "sft.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

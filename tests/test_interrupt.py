@@ -17,8 +17,10 @@ from typer.testing import CliRunner
 
 from fedlora_cli.cli import app
 from fedlora_cli.federation import clients, engine, experiment, run_dir
+from fedlora_cli.federation.engine import FederatedRun
 from fedlora_cli.methods import METHODS
 from fedlora_cli.privacy.sample_level import SampleLevelPlan
+from fedlora_cli.tasks import classification
 from test_flower import read_run as read_run_with_base
 from test_resume import strip_timing
 
@@ -69,7 +71,7 @@ PHASES = {
     # after the server step of round 2 (fedex: the base weights already moved)
     "aggregation": lambda mp, setting: interrupt_after(mp, METHODS[SETTINGS[setting][0]], "server_update", second_round(5)),
     # after round 2's evaluation
-    "evaluation": lambda mp, setting: interrupt_after(mp, engine, "evaluate", lambda n, _: n == 2),
+    "evaluation": lambda mp, setting: interrupt_after(mp, classification, "evaluate", lambda n, _: n == 2),
     # after round 2's checkpoint tensors are written, before its meta.json
     "checkpoint": lambda mp, setting: interrupt_after(mp, run_dir, "atomic_save_tensors", lambda n, _: n == 2),
 }

@@ -1,5 +1,6 @@
 """Score a trained adapter: accuracy, macro-F1 and loss on the recipe's test split, beside the
-majority-class baseline (and whether the model collapsed to one class).
+majority-class baseline (and whether the model collapsed to one class); for ``task: causal_lm``
+held-out response loss, perplexity, and exact match or multiple-choice accuracy.
 
 `fedlora eval RUN_DIR` uses the run's recipe.yaml and final adapter; `--adapter DIR --recipe FILE`
 any adapter. `--per-client` also scores every client's local training data (fairness: mean,
@@ -20,15 +21,27 @@ from fedlora_cli.cli.common import guarded, progress, require_existing, wants_js
 from fedlora_cli.threads import apply_threads
 
 
+def _number(value, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def _row(name: str, scores: dict) -> list[str]:
+    if "perplexity" in scores:  # causal_lm
+        generated = f"{_number(scores['exact_match'])} ({scores['generated']})" if "exact_match" in scores else "-"
+        choice = _number(scores.get("choice_accuracy"))
+        return [name, str(scores["samples"]), f"{scores['loss']:.4f}", f"{scores['perplexity']:.2f}", generated, choice]
     return [name, str(scores["samples"]), f"{scores['accuracy']:.4f}", f"{scores['macro_f1']:.4f}", f"{scores['loss']:.4f}"]
+
+
+CLASSIFICATION_COLUMNS = ("samples", "accuracy", "macro-F1", "loss")
+CAUSAL_COLUMNS = ("samples", "loss", "perplexity", "exact match (generated)", "choice accuracy")
 
 
 def eval_table(result: dict) -> Table:
     title = result["run_dir"] or result["adapter"]
     table = Table(title=f"eval of {title} ({result['method']})", title_justify="left")
     table.add_column("data")
-    for column in ("samples", "accuracy", "macro-F1", "loss"):
+    for column in CAUSAL_COLUMNS if result.get("task") == "causal_lm" else CLASSIFICATION_COLUMNS:
         table.add_column(column, justify="right")
     table.add_row(*_row("test", result["test"]))
     if "data" in result:
@@ -73,12 +86,15 @@ def eval_command(
     console = Console()
     console.print(eval_table(result))
     test = result["test"]
-    console.print(
-        f"majority class (always answering '{result['label_names'][test['majority_class']]}'): accuracy "
-        f"{test['majority_accuracy']:.4f}, macro-F1 {test['majority_macro_f1']:.4f}; predicted counts "
-        f"{test['predicted_counts']}" + ("; COLLAPSED: the model did not learn the task" if test["collapsed"] else ""),
-        markup=False,
-        highlight=False,
-    )
+    if "example_output" in test:
+        console.print(f"first generated answer: {test['example_output'][:300]!r}", markup=False, highlight=False)
+    if "majority_class" in test:
+        console.print(
+            f"majority class (always answering '{result['label_names'][test['majority_class']]}'): accuracy "
+            f"{test['majority_accuracy']:.4f}, macro-F1 {test['majority_macro_f1']:.4f}; predicted counts "
+            f"{test['predicted_counts']}" + ("; COLLAPSED: the model did not learn the task" if test["collapsed"] else ""),
+            markup=False,
+            highlight=False,
+        )
     if "fairness" in result:
         console.print(fairness_line(result["fairness"]), markup=False, highlight=False)

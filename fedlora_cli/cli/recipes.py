@@ -119,7 +119,7 @@ def _checked_report(recipe: str | None, overrides: list[str], tokenizers: dict) 
     try:
         if name not in tokenizers:
             tokenizers[name] = load_tokenizer(name)
-        check_rank(checked.recipe.model)
+        check_rank(checked.recipe.model, checked.recipe.task)
     except InputError as exc:
         raise InputError(exc.problems, source=str(checked.source)) from None
     return data_report(checked, tokenizers[name])

@@ -16,10 +16,17 @@ from fedlora_cli.data.sources import TextDataset
 
 @dataclass
 class TokenizedDataset:
+    """Token lists and one label per example; for causal LM data (``prompt_lengths`` set, see
+    :mod:`fedlora_cli.data.sft`) a batch's ``labels`` are the next-token targets instead: the
+    input ids, with -100 on the prompt and on padding."""
+
     input_ids: list[list[int]]
     token_type_ids: list[list[int]] | None
     labels: torch.Tensor
     pad_token_id: int
+    prompt_lengths: list[int] | None = None
+    truncated: int = 0  # examples cut to max_length (causal LM data)
+    no_target: int = 0  # ... of which nothing of the response was left
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -28,7 +35,8 @@ class TokenizedDataset:
         """The examples at ``indices`` (token lists are shared, not copied)."""
         idx = [int(i) for i in indices]
         types = [self.token_type_ids[i] for i in idx] if self.token_type_ids is not None else None
-        return TokenizedDataset([self.input_ids[i] for i in idx], types, self.labels[idx], self.pad_token_id)
+        starts = [self.prompt_lengths[i] for i in idx] if self.prompt_lengths is not None else None
+        return TokenizedDataset([self.input_ids[i] for i in idx], types, self.labels[idx], self.pad_token_id, starts)
 
     def batch(self, indices, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         """A padded batch (input_ids, attention_mask, [token_type_ids], labels) of ``indices``, on ``device``."""
@@ -44,6 +52,11 @@ class TokenizedDataset:
             if types is not None:
                 types[row, : len(seq)] = torch.tensor(self.token_type_ids[i])
         batch = {"input_ids": ids, "attention_mask": mask, "labels": self.labels[indices]}
+        if self.prompt_lengths is not None:
+            targets = ids.masked_fill(mask == 0, -100)
+            for row, i in enumerate(indices):
+                targets[row, : self.prompt_lengths[i]] = -100
+            batch["labels"] = targets
         if types is not None:
             batch["token_type_ids"] = types
         return {key: value.to(device) for key, value in batch.items()}

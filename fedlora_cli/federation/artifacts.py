@@ -15,16 +15,17 @@ from typing import Callable
 import numpy as np
 import torch
 
-from fedlora_cli.data.batching import tokenize
 from fedlora_cli.data.partition import partition
-from fedlora_cli.data.sources import TextDataset, load_datasets, load_labeled_file
+from fedlora_cli.data.sft import load_sft_file
+from fedlora_cli.data.sources import load_labeled_file
 from fedlora_cli.device import resolve_device
 from fedlora_cli.errors import InputError, first_line
-from fedlora_cli.federation.evaluate import against_majority, evaluate
+from fedlora_cli.federation.evaluate import against_majority
 from fedlora_cli.federation.run_dir import ADAPTER_DIR, RunDir, read_tensors
 from fedlora_cli.methods.base import restore_base_weights
-from fedlora_cli.models import load_base_model, load_tokenizer, lora_modules
+from fedlora_cli.models import load_tokenizer, lora_modules
 from fedlora_cli.recipe import Recipe, load_recipe, resolve_recipe_path
+from fedlora_cli.tasks import get_task, load_task_datasets
 
 BASE_WEIGHTS_FILE = "base_weights.safetensors"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"  # what peft's save_pretrained writes
@@ -76,7 +77,7 @@ def load_adapter_model(recipe: Recipe, adapter_dir: str | Path, num_labels: int)
     adapter_dir = Path(adapter_dir)
     if (adapter_dir / ADAPTER_WEIGHTS_FILE).exists():  # else peft names what is missing
         read_tensors(adapter_dir / ADAPTER_WEIGHTS_FILE, "the adapter is damaged (empty or truncated): train the run again")
-    base = load_base_model(recipe.model.name, num_labels, recipe.federation.seed, recipe.model.pooling)
+    base = get_task(recipe, tokenizer=None).base_model(num_labels)
     try:
         model = PeftModel.from_pretrained(base, str(adapter_dir))
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
@@ -111,43 +112,49 @@ def evaluate_adapter(
     data_file: str | Path | None = None,
     phase: Callable[[str], None] = lambda _text: None,
 ) -> dict:
-    """Accuracy, macro-F1 and loss on the test split (and per client / on ``data_file``).
+    """The task's scores on the test split (and per client / on ``data_file``): accuracy, macro-F1
+    and loss for classification; loss, perplexity and exact match or choice accuracy for causal_lm.
 
     ``phase`` is told what starts next (for a progress display).
     """
     recipe = target.recipe
     phase("reading the data")
-    train, test = load_datasets(recipe.data)
+    train, test = load_task_datasets(recipe)
     names = train.label_names
-    extra: TextDataset | None = load_labeled_file(data_file, recipe.data, names) if data_file is not None else None
+    extra = None
+    if data_file is not None and recipe.task == "causal_lm":
+        extra = load_sft_file(data_file, recipe.data, recipe.causal_lm)
+    elif data_file is not None:
+        extra = load_labeled_file(data_file, recipe.data, names)
     clients = partition(np.asarray(train.labels), recipe.federation.clients, recipe.partition) if per_client else None
 
     phase(f"loading the tokenizer, model {recipe.model.name} and adapter")
-    tokenizer = load_tokenizer(recipe.model.name)
+    task = get_task(recipe, load_tokenizer(recipe.model.name))
     model = load_adapter_model(recipe, target.adapter_dir, len(names))
-    batch = recipe.federation.eval_batch_size
-    max_length = recipe.data.max_length
 
-    def score(dataset: TextDataset, what: str = "the test split") -> dict:
+    def score(dataset, what: str = "the test split") -> dict:
         phase(f"tokenizing and scoring {what} ({len(dataset)} texts)")
-        return {"samples": len(dataset), **evaluate(model, tokenize(dataset, tokenizer, max_length), len(names), batch)}
+        return {"samples": len(dataset), **task.evaluate(model, dataset, task.tokenize(dataset))}
 
     result: dict = {
         "run_dir": str(target.run_dir) if target.run_dir is not None else None,
         "recipe": str(target.recipe_path),
         "adapter": str(target.adapter_dir),
         "method": recipe.method.name,
+        "task": recipe.task,
         "label_names": names,
         "test": score(test),
     }
-    result["test"].update(against_majority(result["test"], train.labels, test.labels, len(names)))
+    if recipe.task == "classification":
+        result["test"].update(against_majority(result["test"], train.labels, test.labels, len(names)))
     if extra is not None:
         result["data"] = {"file": str(data_file), **score(extra, str(data_file))}
     if clients is not None:
         result["clients"] = [
             {"client": k, **score(train.subset(idx.tolist()), f"client {k}")} for k, idx in enumerate(clients)
         ]
-        result["fairness"] = fairness(result["clients"])
+        if all(c["accuracy"] is not None for c in result["clients"]):
+            result["fairness"] = fairness(result["clients"])
     return result
 
 

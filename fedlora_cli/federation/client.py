@@ -20,10 +20,11 @@ from opacus.optimizers import DPOptimizer
 from fedlora_cli.data.batching import TokenizedDataset, poisson_batch, uniform_batch
 from fedlora_cli.device import model_device
 from fedlora_cli.federation.precision import autocast, resolve_precision
-from fedlora_cli.models import is_head_parameter
+from fedlora_cli.models import is_head_parameter, model_task
 from fedlora_cli.privacy.client_level import noise_generator
 from fedlora_cli.recipe import FederationConfig
 from fedlora_cli.seeding import derive_seed
+from fedlora_cli.tasks.lm_scoring import mean_example_loss
 
 
 @dataclass
@@ -59,13 +60,26 @@ def make_optimizer(named_params: list[tuple[str, torch.nn.Parameter]], cfg: Fede
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def classification_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], precision: str = "float32") -> torch.Tensor:
-    """Mean cross-entropy. With ``bfloat16`` only the forward pass runs under autocast on the batch's device:
+def _logits(model: torch.nn.Module, batch: dict[str, torch.Tensor], precision: str) -> torch.Tensor:
+    """The forward pass. With ``bfloat16`` only it runs under autocast on the batch's device:
     backward hooks, per-sample clipping, noise and the optimizer step stay in float32."""
     inputs = {key: value for key, value in batch.items() if key != "labels"}
     with autocast(batch["input_ids"].device, precision):
-        logits = model(**inputs).logits
-    return F.cross_entropy(logits.float(), batch["labels"])
+        return model(**inputs).logits.float()
+
+
+def classification_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], precision: str = "float32") -> torch.Tensor:
+    """Mean cross-entropy over the batch's examples."""
+    return F.cross_entropy(_logits(model, batch, precision), batch["labels"])
+
+
+def causal_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], precision: str = "float32") -> torch.Tensor:
+    """Mean over the batch's examples of each example's mean response-token NLL
+    (:func:`~fedlora_cli.tasks.lm_scoring.mean_example_loss`): one prompt+response is one DP example."""
+    return mean_example_loss(_logits(model, batch, precision), batch["labels"])
+
+
+TASK_LOSSES = {"classification": classification_loss, "causal_lm": causal_lm_loss}
 
 
 def grad_samples_to_float32(params) -> None:
@@ -92,6 +106,7 @@ class LocalTrainer:
         self.names = [name for name, p in model.named_parameters() if p.requires_grad]
         self.device = model_device(model)
         self.precision = resolve_precision(cfg.precision, self.device)
+        self.loss = TASK_LOSSES[model_task(model)]
         self.forward_model = GradSampleModule(model, loss_reduction="mean") if private else model
 
     def train(self, data: TokenizedDataset, steps: int, seed: int, noise: ClientNoise | None) -> LocalResult:
@@ -146,7 +161,7 @@ class LocalTrainer:
         chunks = data.length_sorted_chunks(indices, self.cfg.microbatch_size)
         total_loss = 0.0
         for position, chunk in enumerate(chunks):
-            loss = classification_loss(self.forward_model, data.batch(chunk, self.device), self.precision)
+            loss = self.loss(self.forward_model, data.batch(chunk, self.device), self.precision)
             if dp_optimizer is None:
                 (loss * (len(chunk) / len(indices))).backward()
             else:

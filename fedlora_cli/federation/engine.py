@@ -34,7 +34,6 @@ from fedlora_cli.errors import RunError
 from fedlora_cli.federation.checkpoint import Checkpoint, RunState
 from fedlora_cli.federation.client import LocalResult, LocalTrainer
 from fedlora_cli.federation.clients import ClientReplies, ClientRunner, ClientTask, InProcessClients
-from fedlora_cli.federation.evaluate import evaluate
 from fedlora_cli.federation.experiment import Experiment
 from fedlora_cli.federation.export import collapse_warning, export_adapter, summarize
 from fedlora_cli.federation.interrupts import interrupts_deferred
@@ -80,7 +79,7 @@ class FederatedRun:
         """Run (or continue) the rounds; returns the summary written to ``summary.json``."""
         start = time.perf_counter() - self.state.elapsed
         self.reporter.run_started(self._info())
-        for note in self.policy.notes():
+        for note in [*self.exp.notes, *self.policy.notes()]:  # e.g. examples data.max_length cut
             self.reporter.note(note)
         try:
             while self.state.rounds_done < self.fed.rounds and self.state.stopped is None:
@@ -99,7 +98,7 @@ class FederatedRun:
         if evaluated_round != self.state.rounds_done:
             final = self._evaluate(self.global_state)
         summary = summarize(self.exp, self.run_dir, self.state, final, self.policy, self.precision, self.device)
-        if summary["collapsed"]:
+        if summary.get("collapsed"):  # classification only
             self.reporter.note(collapse_warning(summary))
         self.reporter.run_finished(summary)
         return summary
@@ -143,7 +142,7 @@ class FederatedRun:
             eval_start = time.perf_counter()  # 4. evaluate
             scores = self._evaluate(global_state)
             self.last_scores = (round_index + 1, scores)
-            metrics.update(eval_accuracy=scores["accuracy"], eval_macro_f1=scores["macro_f1"], eval_loss=scores["loss"])
+            metrics.update(self.exp.task.round_metrics(scores))
             metrics["eval_seconds"] = time.perf_counter() - eval_start
         metrics.update(self.policy.round_metrics())
         metrics["seconds"] = time.perf_counter() - round_start
@@ -187,7 +186,7 @@ class FederatedRun:
     def _evaluate(self, state: dict[str, torch.Tensor]) -> dict:
         """The scores of adapter ``state`` on the test split: the one place a run evaluates."""
         load_adapter_state(self.model, state)
-        return evaluate(self.model, self.exp.test_data, len(self.exp.label_names), self.fed.eval_batch_size)
+        return self.exp.task.evaluate(self.model, self.exp.test, self.exp.test_data)
 
     def _info(self) -> dict:
         return {
@@ -202,6 +201,7 @@ class FederatedRun:
             "privacy_level": self.recipe.privacy.level,
             "precision": self.precision,
             "device": str(self.device),
+            "task": self.recipe.task,
             **self.policy.report(),
         }
 

@@ -7,7 +7,6 @@ import torch
 from fedlora_cli.errors import RunError
 from fedlora_cli.federation.artifacts import load_adapter_model
 from fedlora_cli.federation.checkpoint import RunState
-from fedlora_cli.federation.evaluate import against_majority, predict_logits
 from fedlora_cli.federation.experiment import Experiment
 from fedlora_cli.federation.run_dir import RunDir
 from fedlora_cli.methods.base import State
@@ -33,7 +32,7 @@ def verify_saved_adapter(experiment: Experiment, run_dir: RunDir, examples: int 
     test = experiment.test_data
     probe = test.subset(range(min(examples, len(test))))
     reloaded = load_adapter_model(experiment.recipe, run_dir.adapter_path, len(experiment.label_names))
-    if not torch.equal(predict_logits(reloaded, probe), predict_logits(experiment.model, probe)):
+    if not torch.equal(experiment.task.outputs(reloaded, probe), experiment.task.outputs(experiment.model, probe)):
         raise RunError(
             f"the adapter saved in {run_dir.adapter_path} does not reproduce the trained model's "
             "predictions; the run directory's checkpoint is intact, please report this"
@@ -52,12 +51,7 @@ def summarize(
         "method": recipe.method.name,
         "rounds_completed": state.rounds_done,
         "rounds_planned": recipe.federation.rounds,
-        "final_accuracy": final["accuracy"],
-        "final_macro_f1": final["macro_f1"],
-        "final_balanced_accuracy": final["balanced_accuracy"],
-        "final_loss": final["loss"],
-        "predicted_counts": final["predicted_counts"],
-        **against_majority(final, experiment.train.labels, experiment.test_data.labels, len(experiment.label_names)),
+        **experiment.task.summary(final, experiment.train, experiment.test),
         **policy.summary(),
         "client_sizes": experiment.client_sizes,
         "client_steps": policy.client_steps,

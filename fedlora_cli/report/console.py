@@ -39,6 +39,8 @@ def privacy_line(info: dict) -> str:
 
 
 COLUMNS = ("round", "clients", "train loss", "accuracy", "macro-F1", "epsilon", "up", "down", "agg s", "seconds")
+# task causal_lm: held-out response loss and perplexity instead of macro-F1; accuracy is exact match or choice accuracy
+CAUSAL_COLUMNS = ("round", "clients", "train loss", "eval loss", "perplexity", "accuracy", "epsilon", "up", "down", "agg s", "seconds")
 
 
 def human_bytes(count: int | None) -> str:
@@ -80,18 +82,23 @@ class LiveTableReporter:
         self.rows: list[dict] = []
         self.status = Text("")
         self.live: Live | None = None
+        self.causal = False  # task causal_lm (told by run_started)
 
     def _table(self) -> Table:
         table = Table(title="fedlora rounds", title_justify="left")
-        for column in COLUMNS:
+        for column in CAUSAL_COLUMNS if self.causal else COLUMNS:
             table.add_column(column, justify="right")
         for m in self.rows:
+            scores = (
+                [_fmt(m["eval_loss"]), _fmt(m.get("eval_perplexity"), 2), _fmt(m["eval_accuracy"])]
+                if self.causal
+                else [_fmt(m["eval_accuracy"]), _fmt(m.get("eval_macro_f1"))]
+            )
             table.add_row(
                 str(m["round"]),
                 ",".join(str(c) for c in m["clients"]),
                 _fmt(m["train_loss"]),
-                _fmt(m["eval_accuracy"]),
-                _fmt(m.get("eval_macro_f1")),
+                *scores,
                 _fmt(m["epsilon"], 3),
                 human_bytes(m["bytes_up"]),
                 human_bytes(m["bytes_down"]),
@@ -104,6 +111,7 @@ class LiveTableReporter:
         return Group(self._table(), self.status)
 
     def run_started(self, info: dict) -> None:
+        self.causal = info.get("task") == "causal_lm"
         if not self.quiet:
             privacy = info["privacy_level"]
             line = f"run {info['run_dir']}: {info['method']} on {info['model']}, {info['clients']} clients {info['client_sizes']}, {info['rounds']} rounds, {info['precision']}, privacy {privacy}"
@@ -145,8 +153,7 @@ class LiveTableReporter:
         scope = "per client participation" if summary["privacy_level"] == "client" else "worst client"
         privacy = f"epsilon {eps:.3f} ({scope}), delta {summary['delta']}" if eps is not None else "no DP"
         self.console.print(
-            f"final accuracy {summary['final_accuracy']:.4f} (macro-F1 {summary['final_macro_f1']:.4f}; "
-            f"majority class {summary['majority_accuracy']:.4f}), {privacy}, "
+            f"{final_scores_line(summary)}, {privacy}, "
             f"{human_bytes(summary['bytes_up_total'])} up / {human_bytes(summary['bytes_down_total'])} down, "
             f"{summary['wall_seconds']:.0f} s",
             markup=False,
@@ -155,6 +162,21 @@ class LiveTableReporter:
         if summary["stopped"]:
             self.console.print(summary["stopped"], markup=False, highlight=False)
         self.console.print(f"run directory: {summary['run_dir']}", markup=False, highlight=False)
+
+
+def final_scores_line(summary: dict) -> str:
+    """The final scores: accuracy beside the majority class, or (causal_lm) loss, perplexity and accuracy."""
+    if "final_perplexity" not in summary:
+        return (
+            f"final accuracy {summary['final_accuracy']:.4f} (macro-F1 {summary['final_macro_f1']:.4f}; "
+            f"majority class {summary['majority_accuracy']:.4f})"
+        )
+    line = f"final held-out loss {summary['final_loss']:.4f} (perplexity {summary['final_perplexity']:.2f})"
+    if "final_choice_accuracy" in summary:
+        line += f", choice accuracy {summary['final_choice_accuracy']:.4f}"
+    if "final_exact_match" in summary:
+        line += f", exact match {summary['final_exact_match']:.4f} on {summary['final_generated']} generated answers"
+    return line
 
 
 class JsonLinesReporter:

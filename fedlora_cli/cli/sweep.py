@@ -101,9 +101,12 @@ def sweep(
             print(json.dumps({"type": "run", **row}), flush=True)
         else:
             eps = "no DP" if summary["epsilon"] is None else f"epsilon {summary['epsilon']:.2f}"
+            f1 = summary.get("final_macro_f1")  # None for causal_lm runs
+            scores = f"accuracy {summary['final_accuracy']:.4f}" + ("" if f1 is None else f", macro-F1 {f1:.4f}")
+            if summary.get("final_perplexity") is not None:
+                scores += f", perplexity {summary['final_perplexity']:.3f}"
             console.print(
-                f"[{index}/{len(plan)}] {cell.label}, seed {seed}: accuracy {summary['final_accuracy']:.4f}, "
-                f"macro-F1 {summary.get('final_macro_f1', float('nan')):.4f}{', COLLAPSED' if summary.get('collapsed') else ''}, {eps}",
+                f"[{index}/{len(plan)}] {cell.label}, seed {seed}: {scores}{', COLLAPSED' if summary.get('collapsed') else ''}, {eps}",
                 markup=False,
                 highlight=False,
             )

@@ -274,8 +274,10 @@ def causal_lm_problems(recipe: "Recipe") -> list[str]:
     recipe.model.train_head = False
     if "target_modules" not in recipe.model.model_fields_set:
         recipe.model.target_modules = list(CAUSAL_LM_TARGET_MODULES)
-    if "method" not in recipe.partition.model_fields_set:
-        recipe.partition.method = "iid"
+    if "method" not in recipe.partition.model_fields_set:  # the default partitioner splits by label: iid instead
+        iid_fields = PARTITIONERS.options["iid"].model_fields
+        kept = {k: v for k, v in recipe.partition.model_dump().items() if k in iid_fields and k in recipe.partition.model_fields_set}
+        recipe.partition = PARTITIONERS.parse({**kept, "method": "iid"})
     return []
 
 

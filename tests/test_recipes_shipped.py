@@ -66,7 +66,13 @@ def test_first_line_is_the_command_that_runs_it(name):
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_method_recipes_change_only_the_method(name):
+    """...and, for methods that fold updates into the frozen weights (no server step size: refused),
+    the server step: plain averaging after twice the local steps."""
     default = yaml.safe_load(RECIPES["default"].read_text(encoding="utf-8"))
     tree = yaml.safe_load(RECIPES[name].read_text(encoding="utf-8"))
     assert tree["name"] == tree["method"]["name"] == name
-    assert {k: v for k, v in tree.items() if k not in OWN_KEYS} == {k: v for k, v in default.items() if k not in OWN_KEYS}
+    expected = {k: v for k, v in default.items() if k not in OWN_KEYS}
+    if METHODS.get(name).modifies_base:
+        federation = {k: v for k, v in expected["federation"].items() if k != "server_lr"}
+        expected["federation"] = {**federation, "server_optimizer": "none", "local_steps": 2 * federation["local_steps"]}
+    assert {k: v for k, v in tree.items() if k not in OWN_KEYS} == expected

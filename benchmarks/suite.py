@@ -1,7 +1,8 @@
 """Does the default learn on data nobody tuned it for? A task suite for `fedlora train`.
 
-Every run is the built-in default recipe with only the data (and, for a derived task, the
-partition) swapped, plus the grid's method and privacy setting: no per-task tuning. Tasks:
+Every run is the built-in recipe of its method (recipes/<method>.yaml: the default recipe with
+that method) with only the data (and, for a derived task, the partition) swapped, plus the grid's
+privacy setting: no per-task tuning. Tasks:
 
   bbc        BBC News, 5 topics (the default's own data)                          [tuning]
   sst2       SST-2 polarity, 20,000 of the training sentences, GLUE validation as test [tuning]
@@ -119,7 +120,7 @@ def finished(run_dir: Path) -> dict | None:
     return json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else None
 
 
-def run_one(run_dir: Path, overrides: list[str], threads: int) -> dict | None:
+def run_one(run_dir: Path, recipe: str, overrides: list[str], threads: int) -> dict | None:
     """One `fedlora train` run (or its summary if it already finished)."""
     done = finished(run_dir)
     if done is not None:
@@ -127,7 +128,7 @@ def run_one(run_dir: Path, overrides: list[str], threads: int) -> dict | None:
     if run_dir.exists():
         command = [sys.executable, "-m", "fedlora_cli", "train", "--resume", str(run_dir), "--json"]
     else:
-        command = [sys.executable, "-m", "fedlora_cli", "train", "default", *overrides, "--out", str(run_dir), "--json"]
+        command = [sys.executable, "-m", "fedlora_cli", "train", recipe, *overrides, "--out", str(run_dir), "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
     completed = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     summary = finished(run_dir)
@@ -195,14 +196,13 @@ def main() -> None:
         for method in methods:
             for eps in epsilons:
                 for seed in seeds:
-                    overrides = [*overrides_of[task], f"method.name={method}", *PRIVACY[eps],
-                                 f"federation.seed={seed}", f"partition.seed={seed}", *args.set]
+                    overrides = [*overrides_of[task], *PRIVACY[eps], f"federation.seed={seed}", f"partition.seed={seed}", *args.set]
                     plan.append(((task, method, eps), args.out / "runs" / f"{task}-{method}-eps{eps}-seed{seed}", overrides))
     if args.table_only:
         summaries = [finished(run_dir) for _, run_dir, _ in plan]
     else:
         with ThreadPoolExecutor(args.jobs) as pool:
-            summaries = list(pool.map(lambda item: run_one(item[1], item[2], threads), plan))
+            summaries = list(pool.map(lambda item: run_one(item[1], item[0][1], item[2], threads), plan))
     results: dict = {}
     for (key, _, _), summary in zip(plan, summaries):
         results.setdefault(key, []).append(summary)

@@ -317,7 +317,8 @@ class Recipe(Section):
             raise ValueError(
                 f"federation.server_optimizer={optimizer} with method {method}: {method} folds each round's "
                 "product update into the frozen weights, so an optimizer step on the averaged factors would not "
-                f"be the method any more; use federation.server_optimizer=none or method {keeps_base}"
+                f"be the method any more; run the recipe `{method}` (plain averaging after twice the local steps), "
+                f"or set federation.server_optimizer=none, or use method {keeps_base}"
             )
         if method == "fedsvd" and optimizer in PER_COORDINATE and self.method.svd_period > 0:
             raise ValueError(

@@ -266,3 +266,32 @@ def test_supernode_killed_mid_round_does_not_sink_the_round(tiny_recipe, tmp_pat
         assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-6)
         assert b["eval_accuracy"] == pytest.approx(a["eval_accuracy"], abs=1e-6)
         assert b["epsilon"] == pytest.approx(a["epsilon"])
+
+
+@needs_flwr
+def test_flower_carries_a_causal_lm_recipe_unchanged(tmp_path, tiny_llama_dir, tiny_sft_jsonl, flower_env):
+    """A private SFT run of a tiny Llama on Flower (3 SuperNodes) equals the same run in process."""
+    from fedlora_cli.flower.launch import LocalFederation
+    from tests.test_causal_lm import causal_recipe
+
+    recipe = causal_recipe(tmp_path, tiny_llama_dir, tiny_sft_jsonl, causal="max_new_tokens: 4, generate_samples: 2")
+    in_process_run(recipe, THREE_CLIENTS, tmp_path / "in-process")
+    federation = LocalFederation(tmp_path / "flower", nodes=3)
+    process = None
+    try:
+        federation.start()
+        command = flower_run_command(recipe, THREE_CLIENTS, federation.address, tmp_path / "on-flower")
+        process = subprocess.Popen(command, env=flower_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        follow(process)
+        assert process.returncode == 0, process.stderr.read() + federation.log_tail("superlink")
+    finally:
+        if process is not None and process.poll() is None:
+            process.kill()
+        federation.stop()
+    metrics_a, summary_a, adapter_a = read_run(tmp_path / "in-process")
+    metrics_b, summary_b, adapter_b = read_run(tmp_path / "on-flower")
+    assert_same_tensors(adapter_a, adapter_b)
+    assert [m["train_loss"] for m in metrics_b] == pytest.approx([m["train_loss"] for m in metrics_a], abs=1e-6)
+    assert summary_b["final_loss"] == pytest.approx(summary_a["final_loss"], abs=1e-6)
+    assert summary_b["final_perplexity"] == pytest.approx(summary_a["final_perplexity"], rel=1e-6)
+    assert summary_b["epsilon"] == pytest.approx(summary_a["epsilon"])

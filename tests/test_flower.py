@@ -178,16 +178,15 @@ def test_flower_commands_refuse_bad_input_before_starting_anything(tiny_recipe):
     assert minimum.exit_code == 2 and "federation.min_clients_per_round" in minimum.output
 
 
-@needs_flwr
-def test_flower_run_equals_in_process_run(tiny_recipe, tmp_path, flower_env):
+def run_on_local_flower(recipe: Path, overrides: list[str], tmp_path: Path, flower_env: dict) -> list[dict]:
+    """``fedlora flower run`` on 3 local SuperNodes into ``tmp_path/on-flower``; its JSON events."""
     from fedlora_cli.flower.launch import LocalFederation
 
-    in_process_run(tiny_recipe, EXACT, tmp_path / "in-process")
     federation = LocalFederation(tmp_path / "flower", nodes=3)
     process = None
     try:
         federation.start()
-        command = flower_run_command(tiny_recipe, EXACT, federation.address, tmp_path / "on-flower")
+        command = flower_run_command(recipe, overrides, federation.address, tmp_path / "on-flower")
         process = subprocess.Popen(command, env=flower_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         events = follow(process)
         assert process.returncode == 0, process.stderr.read() + federation.log_tail("superlink")
@@ -195,6 +194,13 @@ def test_flower_run_equals_in_process_run(tiny_recipe, tmp_path, flower_env):
         if process is not None and process.poll() is None:
             process.kill()
         federation.stop()
+    return events
+
+
+@needs_flwr
+def test_flower_run_equals_in_process_run(tiny_recipe, tmp_path, flower_env):
+    in_process_run(tiny_recipe, EXACT, tmp_path / "in-process")
+    events = run_on_local_flower(tiny_recipe, EXACT, tmp_path, flower_env)
     assert [e["type"] for e in events] == ["round", "round", "summary"]
 
     metrics_a, summary_a, adapter_a = read_run(tmp_path / "in-process")
@@ -271,23 +277,11 @@ def test_supernode_killed_mid_round_does_not_sink_the_round(tiny_recipe, tmp_pat
 @needs_flwr
 def test_flower_carries_a_causal_lm_recipe_unchanged(tmp_path, tiny_llama_dir, tiny_sft_jsonl, flower_env):
     """A private SFT run of a tiny Llama on Flower (3 SuperNodes) equals the same run in process."""
-    from fedlora_cli.flower.launch import LocalFederation
     from tests.test_causal_lm import causal_recipe
 
     recipe = causal_recipe(tmp_path, tiny_llama_dir, tiny_sft_jsonl, causal="max_new_tokens: 4, generate_samples: 2")
     in_process_run(recipe, THREE_CLIENTS, tmp_path / "in-process")
-    federation = LocalFederation(tmp_path / "flower", nodes=3)
-    process = None
-    try:
-        federation.start()
-        command = flower_run_command(recipe, THREE_CLIENTS, federation.address, tmp_path / "on-flower")
-        process = subprocess.Popen(command, env=flower_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        follow(process)
-        assert process.returncode == 0, process.stderr.read() + federation.log_tail("superlink")
-    finally:
-        if process is not None and process.poll() is None:
-            process.kill()
-        federation.stop()
+    run_on_local_flower(recipe, THREE_CLIENTS, tmp_path, flower_env)
     metrics_a, summary_a, adapter_a = read_run(tmp_path / "in-process")
     metrics_b, summary_b, adapter_b = read_run(tmp_path / "on-flower")
     assert_same_tensors(adapter_a, adapter_b)

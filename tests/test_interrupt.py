@@ -38,6 +38,16 @@ def overrides(setting: str) -> list[str]:
     return ["federation.rounds=3", f"method.name={method}", *extra]
 
 
+@pytest.fixture(autouse=True)
+def sigint_raises_keyboard_interrupt():
+    """SIGINT raises KeyboardInterrupt here as in a terminal, whatever this process inherited: a
+    job started in the background by a non-interactive shell begins with SIGINT ignored, and a
+    library imported by an earlier test may have left its own handler."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def train(*args: str):
     return CliRunner().invoke(app, ["train", *args, "--json"])
 

@@ -70,8 +70,8 @@ def train(
         run_dir = RunDir.existing(resume)
     with progress("checking the recipe, reading the data, planning privacy", show=not (as_json or quiet)) as phase:
         checked = check_recipe(str(run_dir.recipe_path) if resume is not None else recipe, overrides, saved=resume is not None)
-        # torch, transformers and opacus load only once the recipe is known to be good, so
-        # `fedlora --help` and recipe errors come back in about a second
+        # transformers and opacus load only once the recipe is known to be good, so `fedlora --help`
+        # and recipe errors come back in 1-2 s (torch itself comes with the method registry)
         from fedlora_cli.federation.engine import FederatedRun
         from fedlora_cli.federation.experiment import build_experiment
         from fedlora_cli.federation.run_dir import RunDir

@@ -23,17 +23,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 import warnings
 from pathlib import Path
 
 import torch
 
 from fedlora_cli.data.sft import load_sft_datasets, tokenize_sft
-from fedlora_cli.federation.client import ClientNoise, LocalTrainer
 from fedlora_cli.models import add_lora, load_causal_lm, load_tokenizer
 from fedlora_cli.recipe import CausalLMConfig, DataConfig, FederationConfig, ModelConfig
 from fedlora_cli.tasks.lm_scoring import heldout_loss, mean_example_loss
+from local_training_throughput import fedlora_steps, opacus_loop  # benchmarks/: the same two loops
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
 warnings.filterwarnings("ignore")
@@ -56,41 +55,6 @@ def padded(data, length: int):
         mask[row, : len(seq)] = 1
         labels[row, start : len(seq)] = torch.tensor(seq[start:])
     return torch.utils.data.TensorDataset(ids, mask, labels)
-
-
-def baseline_steps(model, data, steps: int, batch_size: int, sigma: float, clip: float, lr: float, length: int, seed: int) -> float:
-    """The usual loop: pad everything, PrivacyEngine, Poisson DataLoader, float32. Returns seconds."""
-    from opacus import PrivacyEngine
-
-    loader = torch.utils.data.DataLoader(padded(data, length), batch_size=batch_size, shuffle=True)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
-    torch.manual_seed(seed)
-    private_model, optimizer, loader = PrivacyEngine().make_private(
-        module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma, max_grad_norm=clip
-    )
-    private_model.train()
-    done, start = 0, time.perf_counter()
-    while done < steps:
-        for input_ids, attention_mask, labels in loader:
-            optimizer.zero_grad()
-            if len(labels):
-                logits = private_model(input_ids=input_ids, attention_mask=attention_mask).logits
-                mean_example_loss(logits, labels).backward()
-            optimizer.step()
-            done += 1
-            if done == steps:
-                break
-    seconds = time.perf_counter() - start
-    private_model._close()
-    return seconds
-
-
-def fedlora_steps(model, data, steps, batch_size, sigma, clip, lr, seed, precision, microbatch_size) -> float:
-    cfg = FederationConfig(batch_size=batch_size, lr=lr, precision=precision, microbatch_size=microbatch_size)
-    trainer = LocalTrainer(model, cfg, private=True)
-    start = time.perf_counter()
-    trainer.train(data, steps, seed, ClientNoise(min(1.0, batch_size / len(data)), sigma, clip))
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -122,8 +86,8 @@ def main() -> None:
         for variant in variants:
             model = build_model(seed=repeat)
             if variant == "baseline":
-                seconds = baseline_steps(model, train_data, args.steps, args.batch_size, args.sigma, args.clip, args.lr,
-                                         args.max_length, repeat)
+                seconds = opacus_loop(model, padded(train_data, args.max_length), mean_example_loss, args.steps,
+                                      args.batch_size, args.sigma, args.clip, args.lr, repeat)
             else:
                 precision = "bfloat16" if variant.endswith("bf16") else "float32"
                 seconds = fedlora_steps(model, train_data, args.steps, args.batch_size, args.sigma, args.clip, args.lr,

@@ -47,15 +47,21 @@ def build_model(num_labels: int, seed: int):
 
 
 def baseline_steps(model, data, steps: int, batch_size: int, sigma: float, clip: float, lr: float, seed: int) -> float:
-    """The usual loop: pad everything to 128, PrivacyEngine, Poisson DataLoader. Returns seconds."""
-    from opacus import PrivacyEngine
-
+    """The usual loop on examples padded to 128 tokens (:func:`opacus_loop`). Returns seconds."""
     ids = torch.full((len(data), 128), data.pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(data), 128), dtype=torch.long)
     for row, seq in enumerate(data.input_ids):
         ids[row, : len(seq)] = torch.tensor(seq[:128])
         mask[row, : len(seq)] = 1
     dataset = torch.utils.data.TensorDataset(ids, mask, data.labels)
+    return opacus_loop(model, dataset, torch.nn.functional.cross_entropy, steps, batch_size, sigma, clip, lr, seed)
+
+
+def opacus_loop(model, dataset, loss_fn, steps: int, batch_size: int, sigma: float, clip: float, lr: float, seed: int) -> float:
+    """The usual DP loop: ``PrivacyEngine.make_private`` on a Poisson DataLoader of padded
+    ``(input_ids, attention_mask, labels)`` rows, float32, ``loss_fn(logits, labels)``. Returns seconds."""
+    from opacus import PrivacyEngine
+
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
     torch.manual_seed(seed)
@@ -71,7 +77,7 @@ def baseline_steps(model, data, steps: int, batch_size: int, sigma: float, clip:
             optimizer.zero_grad()
             if len(labels):
                 logits = private_model(input_ids=input_ids, attention_mask=attention_mask).logits
-                torch.nn.functional.cross_entropy(logits, labels).backward()
+                loss_fn(logits, labels).backward()
             optimizer.step()
             done += 1
             if done == steps:

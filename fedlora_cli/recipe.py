@@ -485,7 +485,8 @@ def resolve_recipe_path(name_or_path: str | None) -> Path:
     )
 
 
-def read_recipe_tree(path: Path) -> dict:
+def read_recipe_tree(path: Path, *, saved: bool = False) -> dict:
+    """The recipe file as a tree; ``saved``: a run directory's resolved recipe (:func:`without_foreign_options`)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -513,7 +514,7 @@ def read_recipe_tree(path: Path) -> dict:
             "contains itself; a recipe needs a few hundred: write the values out instead of nesting aliases",
             source=str(path),
         )
-    return tree
+    return without_foreign_options(tree) if saved else tree
 
 
 def parse_recipe(tree: dict, *, source: str | None = None, base_dir: Path | None = None) -> Recipe:
@@ -546,9 +547,7 @@ def load_recipe(name_or_path: str | None = None, overrides: list[str] | None = N
     """Load a recipe file (or builtin name), apply overrides, validate everything at once.
     ``saved``: the file is a run directory's resolved recipe (:func:`without_foreign_options`)."""
     path = resolve_recipe_path(name_or_path)
-    tree = read_recipe_tree(path)
-    if saved:
-        without_foreign_options(tree)
+    tree = read_recipe_tree(path, saved=saved)
     problems = apply_overrides(tree, overrides or [])
     try:
         recipe = parse_recipe(tree, source=str(path), base_dir=path.parent)

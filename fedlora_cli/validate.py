@@ -31,7 +31,6 @@ from fedlora_cli.recipe import (
     apply_overrides,
     parse_recipe,
     read_recipe_tree,
-    without_foreign_options,
     resolve_recipe_path,
     _resolve_data_paths,
 )
@@ -162,9 +161,7 @@ def check_recipe(name_or_path: str | None, overrides: list[str] | None = None, *
     made once the rest is sound (it needs the client sizes).
     """
     path = resolve_recipe_path(name_or_path)
-    tree = read_recipe_tree(path)
-    if saved:  # a run directory's resolved recipe
-        without_foreign_options(tree)
+    tree = read_recipe_tree(path, saved=saved)
     problems = apply_overrides(tree, overrides or [])
     recipe = None
     try:

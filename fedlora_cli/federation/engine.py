@@ -137,7 +137,6 @@ class FederatedRun:
         metrics["aggregation_seconds"] = time.perf_counter() - aggregation_start
         if not all(torch.isfinite(t).all() for t in global_state.values()):
             raise self._diverged(round_index, "the aggregated adapter is not finite")
-        load_adapter_state(self.model, global_state)
         if round_index + 1 == self.fed.rounds or (self.fed.eval_every and (round_index + 1) % self.fed.eval_every == 0):
             eval_start = time.perf_counter()  # 4. evaluate
             scores = self._evaluate(global_state)

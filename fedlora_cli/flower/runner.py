@@ -62,6 +62,7 @@ class FlowerClients:
         # sending set each message's id; a reply names its message (an error reply made by the
         # SuperLink for a vanished node does not come from that node)
         client_of_message = {m.metadata.message_id: task.client for m, task in zip(messages, tasks)}
+        device = next(iter(global_state.values())).device  # uploads arrive as CPU tensors
         for reply in answers:
             client = client_of_message.get(reply.metadata.reply_to_message_id)
             if client is None:
@@ -73,7 +74,6 @@ class FlowerClients:
             if answered != client:
                 replies.notes.append(f"round {round_index + 1}: node of client {client} answered as client {answered}; ignored")
                 continue
-            device = next(iter(global_state.values())).device  # uploads arrive as CPU tensors
             replies.results[client] = replace(result, upload={k: v.to(device) for k, v in result.upload.items()})
         answered_ids = {reply.metadata.reply_to_message_id for reply in answers}
         for message, task in zip(messages, tasks):

@@ -119,6 +119,21 @@ def load_base_model(name: str, num_labels: int, seed: int, pooling: str = "auto"
     return model
 
 
+def set_dropout(model: torch.nn.Module, probability: float) -> None:
+    """Set every ``torch.nn.Dropout`` of the pretrained model to ``probability`` (``model.base_dropout``).
+
+    Checkpoints ship with the dropout they were pretrained with (MiniLM/BERT: 0.1 on attention
+    probabilities, hidden states and the classifier input). Under DP-SGD it is one more source of
+    noise in every per-example gradient, and it makes the features the head is trained on differ
+    from the ones it is evaluated on; fedlora turns it off by default (docs/learning.md, round 3).
+    Attention layers that keep their dropout rate as a plain float (Llama-style
+    ``attention_dropout``, 0 in released checkpoints) are left as they are.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = probability
+
+
 def load_causal_lm(name: str) -> torch.nn.Module:
     """A pretrained decoder (``AutoModelForCausalLM``) in float32, for ``task: causal_lm``."""
     from transformers import AutoModelForCausalLM

@@ -46,6 +46,13 @@ class ModelConfig(Section):
     rank: int = Field(8, ge=1, description="LoRA rank r")
     alpha: float = Field(16.0, gt=0, description="LoRA alpha; the adapter is scaled by alpha/r")
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
+    base_dropout: float | None = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="dropout inside the pretrained model while training (attention, hidden states, classifier "
+        "input); 0 turns it off (under DP-SGD it only adds noise), null keeps the checkpoint's own",
+    )
     target_modules: list[str] = Field(default_factory=lambda: ["query", "value"], min_length=1)
     train_head: bool = Field(True, description="train and average the classifier head (else frozen)")
     pooling: Literal["auto", "mean", "cls"] = Field(
@@ -459,6 +466,20 @@ def without_foreign_options(tree: dict) -> dict:
     return tree
 
 
+FORMER_DEFAULTS = {("model", "base_dropout"): None}  # key -> how runs saved before the key existed behaved
+
+
+def with_former_defaults(tree: dict) -> dict:
+    """A run's saved recipe that predates a key whose default changed ran with the former
+    behaviour: fill it in, so the run resumes and evaluates as it trained (``model.base_dropout``:
+    runs before it kept the checkpoint's dropout)."""
+    for (section, key), value in FORMER_DEFAULTS.items():
+        options = tree.get(section)
+        if isinstance(options, dict) and key not in options:
+            options[key] = value
+    return tree
+
+
 def builtin_recipe_dir() -> Path:
     return Path(str(resources.files("fedlora_cli.recipes")))
 
@@ -514,7 +535,7 @@ def read_recipe_tree(path: Path, *, saved: bool = False) -> dict:
             "contains itself; a recipe needs a few hundred: write the values out instead of nesting aliases",
             source=str(path),
         )
-    return without_foreign_options(tree) if saved else tree
+    return with_former_defaults(without_foreign_options(tree)) if saved else tree
 
 
 def parse_recipe(tree: dict, *, source: str | None = None, base_dir: Path | None = None) -> Recipe:

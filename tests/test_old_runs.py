@@ -34,3 +34,12 @@ def test_schema_changes_are_not_recipe_changes_but_real_changes_are(tmp_path):
     assert recipe_changes(older, current) == []
     current["model"]["rank"] = 4
     assert recipe_changes(older, current) == ["model.rank: 8 -> 4"]
+
+
+def test_a_run_saved_before_base_dropout_keeps_the_checkpoints_dropout(tmp_path):
+    saved = yaml.safe_load(dump_recipe(load_recipe("default")))
+    del saved["model"]["base_dropout"]
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(saved, sort_keys=False), encoding="utf-8")
+    assert load_recipe(str(path), saved=True).model.base_dropout is None  # as it trained
+    assert load_recipe(str(path)).model.base_dropout == 0.0  # a user's recipe gets today's default

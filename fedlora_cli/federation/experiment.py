@@ -15,7 +15,7 @@ from fedlora_cli.device import resolve_device
 from fedlora_cli.errors import InputError
 from fedlora_cli.methods import get_method_class
 from fedlora_cli.methods.base import Method
-from fedlora_cli.models import add_lora, load_tokenizer, lora_modules
+from fedlora_cli.models import add_lora, load_tokenizer, lora_modules, set_dropout
 from fedlora_cli.recipe import Recipe
 from fedlora_cli.tasks import get_task
 
@@ -46,6 +46,8 @@ def build_model(recipe: Recipe, num_labels: int) -> tuple[torch.nn.Module, Metho
     """Base model + LoRA adapter, trainable parameters set by the method (one model for all clients),
     on ``federation.device``."""
     base = get_task(recipe, tokenizer=None).base_model(num_labels)
+    if recipe.model.base_dropout is not None:
+        set_dropout(base, recipe.model.base_dropout)
     model = add_lora(base, recipe.model, recipe.federation.seed, recipe.task)
     method = get_method_class(recipe.method.name)(recipe, lora_modules(model))
     method.setup()

@@ -13,13 +13,14 @@ size-weighted mean update (FedAvg with a server step size). Without DP the batch
 clipped to ``clip_grad_norm`` as fedlora does. The clients are the recipe's partition of the
 task. Not simulated: LoRA (the features stay the frozen model's) and FedSVD's re-factorization.
 
-Checked against real runs of the previous default (fedsvd, ε=6, same seeds; BENCHMARKS.md):
-SST-2 proxy 0.761 / 0.739 / 0.772 vs real 0.755 / 0.763 / 0.775; BBC 0.921 / 0.935 vs 0.930 /
-0.937; sst2_imb ended at the majority class in both. Use it to rank candidates, then confirm
-the chosen one with real runs (benchmarks/suite.py) on tasks it was not chosen on.
+Checked against real runs of the round-2 default (8 rounds; fedsvd, ε=6, seeds 0 / 1 / 2):
+SST-2 proxy 0.776 / 0.761 / 0.765 vs real 0.755 / 0.763 / 0.775; BBC 0.910 / 0.924 vs real
+0.930 / 0.937; sst2_imb at the majority class in both. Real runs of the 85/15 task trail the
+proxy by a point or two. Use it to rank candidates, then confirm the chosen one with real runs
+(benchmarks/suite.py) on tasks it was not chosen on (docs/learning.md, round 3).
 
-    python benchmarks/head_proxy.py --tasks sst2_imb,sst2,bbc \\
-        --config current: --config longer:federation.rounds=16
+    python benchmarks/head_proxy.py --out suite --tasks sst2_imb,sst2,bbc \\
+        --config "8 rounds:federation.rounds=8" --config "default:" --config "32 rounds:federation.rounds=32"
 """
 
 from __future__ import annotations

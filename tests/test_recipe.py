@@ -33,7 +33,6 @@ def test_default_recipe_loads_with_the_documented_settings():
     assert (recipe.federation.server_optimizer, recipe.federation.server_lr) == ("sgd", 2.0)
     assert recipe.method.name == "fedsvd"
     assert (recipe.privacy.level, recipe.privacy.target_epsilon, recipe.privacy.delta) == ("sample", 6, 1e-5)
-
     assert recipe.model.base_dropout == 0.0
 
 def test_overrides_use_dotted_keys_and_yaml_values():

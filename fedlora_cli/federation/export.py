@@ -72,6 +72,7 @@ def collapse_warning(summary: dict) -> str:
         f"warning: the final model did not learn the task: it gives one class to {max(counts) / sum(counts):.0%} of "
         f"the test set (predicted counts {counts}); accuracy {summary['final_accuracy']:.4f} vs "
         f"{summary['majority_accuracy']:.4f} for always answering the majority class, macro-F1 "
-        f"{summary['final_macro_f1']:.4f}. Try more rounds or local steps, a smaller federation.lr, "
-        "federation.server_optimizer=momentum, or a larger privacy.target_epsilon (see README, 'Defaults that learn')"
+        f"{summary['final_macro_f1']:.4f}. Under DP the head needs many steps to learn a rare class: try more "
+        "rounds (federation.rounds, e.g. twice as many) or a larger privacy.target_epsilon "
+        "(see README, 'Defaults that learn')"
     )

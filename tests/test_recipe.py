@@ -35,6 +35,7 @@ def test_default_recipe_loads_with_the_documented_settings():
     assert (recipe.privacy.level, recipe.privacy.target_epsilon, recipe.privacy.delta) == ("sample", 6, 1e-5)
     assert recipe.model.base_dropout == 0.0
 
+
 def test_overrides_use_dotted_keys_and_yaml_values():
     recipe = load_recipe(None, ["federation.rounds=3", "model.target_modules=[query]", "privacy.level=none"])
     assert recipe.federation.rounds == 3

@@ -32,7 +32,7 @@ from fedlora_cli.data.sft import load_sft_datasets, tokenize_sft
 from fedlora_cli.models import add_lora, load_causal_lm, load_tokenizer
 from fedlora_cli.recipe import CausalLMConfig, DataConfig, FederationConfig, ModelConfig
 from fedlora_cli.tasks.lm_scoring import heldout_loss, mean_example_loss
-from local_training_throughput import fedlora_steps, opacus_loop  # benchmarks/: the same two loops
+from local_training_throughput import fedlora_steps, opacus_loop, padded_ids  # benchmarks/: the same loops
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
 warnings.filterwarnings("ignore")
@@ -45,14 +45,10 @@ def build_model(seed: int):
 
 def padded(data, length: int):
     """Every example padded (or cut) to ``length`` tokens, labels -100 outside the response."""
-    n = len(data)
-    ids = torch.full((n, length), data.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((n, length), dtype=torch.long)
-    labels = torch.full((n, length), -100, dtype=torch.long)
+    ids, mask = padded_ids(data, length)
+    labels = torch.full((len(data), length), -100, dtype=torch.long)
     for row, (seq, start) in enumerate(zip(data.input_ids, data.prompt_lengths)):
         seq = seq[:length]
-        ids[row, : len(seq)] = torch.tensor(seq)
-        mask[row, : len(seq)] = 1
         labels[row, start : len(seq)] = torch.tensor(seq[start:])
     return torch.utils.data.TensorDataset(ids, mask, labels)
 

@@ -35,14 +35,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from linear_probe import head_features  # noqa: E402
+from linear_probe import frozen_features  # noqa: E402
 from suite import task_overrides  # noqa: E402
 
-from fedlora_cli.data.batching import tokenize  # noqa: E402
 from fedlora_cli.data.partition import partition  # noqa: E402
-from fedlora_cli.data.sources import load_datasets  # noqa: E402
 from fedlora_cli.federation.evaluate import scores  # noqa: E402
-from fedlora_cli.models import load_base_model, load_tokenizer  # noqa: E402
 from fedlora_cli.privacy.accountants import calibrate_noise  # noqa: E402
 from fedlora_cli.recipe import Recipe, load_recipe  # noqa: E402
 
@@ -52,16 +49,8 @@ def cached_features(task: str, out: Path) -> dict:
     path = out / "features" / f"{task}.pt"
     if path.is_file():
         return torch.load(path)
-    recipe = load_recipe("default", task_overrides(task, out))
-    train, test = load_datasets(recipe.data)
-    tokenizer = load_tokenizer(recipe.model.name)
-    model = load_base_model(recipe.model.name, len(train.label_names), 0, recipe.model.pooling)
-    features = {
-        "x_train": head_features(model, tokenize(train, tokenizer, recipe.data.max_length)),
-        "y_train": torch.tensor(train.labels),
-        "x_test": head_features(model, tokenize(test, tokenizer, recipe.data.max_length)),
-        "y_test": torch.tensor(test.labels),
-    }
+    train, test, x_train, x_test = frozen_features(load_recipe("default", task_overrides(task, out)))
+    features = {"x_train": x_train, "y_train": torch.tensor(train.labels), "x_test": x_test, "y_test": torch.tensor(test.labels)}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(features, path)
     return features
@@ -97,12 +86,12 @@ def proxy_run(features: dict, recipe: Recipe) -> dict:
     dp = privacy.level == "sample"
     clip = privacy.max_grad_norm if dp else fed.clip_grad_norm
     steps = fed.rounds * fed.local_steps
+    rates = [min(1.0, fed.batch_size / len(part)) for part in parts]
+    noises = [calibrate_noise(privacy.target_epsilon, privacy.delta, rate, steps, privacy.accountant) if dp else 0.0 for rate in rates]
     w = torch.zeros(num_labels, x.shape[1] + 1)
     for _ in range(fed.rounds):
         update = torch.zeros_like(w)
-        for part, size in zip(parts, sizes):
-            rate = min(1.0, fed.batch_size / len(part))
-            noise = calibrate_noise(privacy.target_epsilon, privacy.delta, rate, steps, privacy.accountant) if dp else 0.0
+        for part, size, rate, noise in zip(parts, sizes, rates, noises):
             local = head_steps(w, x[part], y[part], fed.local_steps, fed.head_lr, rate, noise, clip, dp, generator)
             update += float(size / sizes.sum()) * (local - w)
         w += (fed.server_lr if fed.server_optimizer == "sgd" else 1.0) * update

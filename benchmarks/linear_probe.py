@@ -66,14 +66,21 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_labels: int, l2: float) -
     return head
 
 
-def probe(recipe: Recipe) -> dict:
-    start = time.perf_counter()
+def frozen_features(recipe: Recipe):
+    """A recipe's train and test sets and what the head reads for each row (frozen model):
+    ``(train, test, x_train, x_test)``."""
     train, test = load_datasets(recipe.data)
-    num_labels = len(train.label_names)
     tokenizer = load_tokenizer(recipe.model.name)
-    model = load_base_model(recipe.model.name, num_labels, recipe.federation.seed, recipe.model.pooling)
+    model = load_base_model(recipe.model.name, len(train.label_names), recipe.federation.seed, recipe.model.pooling)
     x_train = head_features(model, tokenize(train, tokenizer, recipe.data.max_length))
     x_test = head_features(model, tokenize(test, tokenizer, recipe.data.max_length))
+    return train, test, x_train, x_test
+
+
+def probe(recipe: Recipe) -> dict:
+    start = time.perf_counter()
+    train, test, x_train, x_test = frozen_features(recipe)
+    num_labels = len(train.label_names)
     y_train, y_test = torch.tensor(train.labels), torch.tensor(test.labels)
     mean, std = x_train.mean(0), x_train.std(0).clamp(min=1e-6)
     x_train, x_test = (x_train - mean) / std, (x_test - mean) / std

@@ -46,14 +46,20 @@ def build_model(num_labels: int, seed: int):
     return model
 
 
+def padded_ids(data, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every example's token ids padded (or cut) to ``length``, and the attention mask."""
+    ids = torch.full((len(data), length), data.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(data), length), dtype=torch.long)
+    for row, seq in enumerate(data.input_ids):
+        seq = seq[:length]
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    return ids, mask
+
+
 def baseline_steps(model, data, steps: int, batch_size: int, sigma: float, clip: float, lr: float, seed: int) -> float:
     """The usual loop on examples padded to 128 tokens (:func:`opacus_loop`). Returns seconds."""
-    ids = torch.full((len(data), 128), data.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(data), 128), dtype=torch.long)
-    for row, seq in enumerate(data.input_ids):
-        ids[row, : len(seq)] = torch.tensor(seq[:128])
-        mask[row, : len(seq)] = 1
-    dataset = torch.utils.data.TensorDataset(ids, mask, data.labels)
+    dataset = torch.utils.data.TensorDataset(*padded_ids(data, 128), data.labels)
     return opacus_loop(model, dataset, torch.nn.functional.cross_entropy, steps, batch_size, sigma, clip, lr, seed)
 
 

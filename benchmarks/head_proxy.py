@@ -85,11 +85,12 @@ def proxy_run(features: dict, recipe: Recipe) -> dict:
     generator = torch.Generator().manual_seed(fed.seed)
     dp = privacy.level == "sample"
     clip = privacy.max_grad_norm if dp else fed.clip_grad_norm
-    steps = fed.rounds * fed.local_steps
+    rounds = fed.resolved_rounds(len(y))
+    steps = rounds * fed.local_steps
     rates = [min(1.0, fed.batch_size / len(part)) for part in parts]
     noises = [calibrate_noise(privacy.target_epsilon, privacy.delta, rate, steps, privacy.accountant) if dp else 0.0 for rate in rates]
     w = torch.zeros(num_labels, x.shape[1] + 1)
-    for _ in range(fed.rounds):
+    for _ in range(rounds):
         update = torch.zeros_like(w)
         for part, size, rate, noise in zip(parts, sizes, rates, noises):
             local = head_steps(w, x[part], y[part], fed.local_steps, fed.head_lr, rate, noise, clip, dp, generator)

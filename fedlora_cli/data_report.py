@@ -145,6 +145,8 @@ def data_report(checked: CheckedRecipe, tokenizer) -> dict:
         "max_length": max_length,
         "truncated_share": {"train": _truncated(recipe, train, tokenizer), "test": _truncated(recipe, test, tokenizer)},
         "privacy_level": recipe.privacy.level,
+        "rounds": recipe.federation.rounds,
+        "local_steps": recipe.federation.local_steps,
         "clients": clients,
         "warnings": client_warnings(checked, clients),
     }

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from fedlora_cli.bounded import expanded_size, short_repr
 from fedlora_cli.data.partitioners import REGISTRY as PARTITIONERS
@@ -37,6 +37,17 @@ CHOICES: dict[str, Registry] = {"method": METHODS, "partition": PARTITIONERS}
 MethodChoice = METHODS.choice()
 PartitionChoice = PARTITIONERS.choice()
 AccountantName = Literal[tuple(ACCOUNTANTS)]
+#: the fewest and most rounds ``federation.rounds: auto`` picks
+AUTO_ROUNDS_RANGE = (8, 64)
+
+
+def _whole_rounds_or_auto(value: Any) -> Any:
+    if value == "auto" or (type(value) is int and value >= 1):
+        return value
+    raise ValueError("expected a whole number of rounds (1 or more) or auto")
+
+
+Rounds = Annotated[int | Literal["auto"], BeforeValidator(_whole_rounds_or_auto)]
 
 
 class ModelConfig(Section):
@@ -83,7 +94,14 @@ class FederationConfig(Section):
 
     clients: int = Field(6, ge=1)
     clients_per_round: int = Field(3, ge=1)
-    rounds: int = Field(5, ge=1)
+    rounds: Rounds = Field(
+        5,
+        description="rounds to run, or auto: enough for `epochs` passes over the training set "
+        f"(between {AUTO_ROUNDS_RANGE[0]} and {AUTO_ROUNDS_RANGE[1]} rounds; docs/learning.md, round 4)",
+    )
+    epochs: float = Field(
+        5.0, gt=0, description="with rounds: auto, how many times the sampled clients' steps pass over the training set"
+    )
     local_steps: int = Field(10, ge=1, description="optimizer steps per sampled client per round")
     batch_size: int = Field(32, ge=1, description="expected batch size (Poisson sampling under DP)")
     microbatch_size: int = Field(
@@ -131,6 +149,23 @@ class FederationConfig(Section):
     threads: int | None = Field(
         None, ge=1, description="CPU threads torch uses (default: OMP_NUM_THREADS if set, else the cores this process may use)"
     )
+
+    def resolved_rounds(self, train_rows: int) -> int:
+        """The rounds to run: ``rounds``, or for ``auto`` ``epochs`` passes over the ``train_rows``
+        training examples, each round taking ``clients_per_round · local_steps · batch_size`` of
+        them (expected counts under Poisson sampling), rounded and kept within
+        :data:`AUTO_ROUNDS_RANGE`.
+
+        Why the data's size: under a fixed target epsilon a client's noise multiplier depends on
+        its sampling rate ``batch_size / rows`` and its steps. A client of 1,700 rows needs
+        σ 0.62 for 80 steps and 0.71 for 320 (RDP, ε=6, δ=1e-5), so a large set can take many
+        more steps for almost no extra noise per step, while a client of 300 rows needs 1.14 and
+        1.78: small sets pay for every extra step (measured in docs/learning.md, round 4)."""
+        if self.rounds != "auto":
+            return self.rounds
+        per_round = self.clients_per_round * self.local_steps * self.batch_size
+        low, high = AUTO_ROUNDS_RANGE
+        return min(high, max(low, round(self.epochs * train_rows / per_round)))
 
     @model_validator(mode="after")
     def _sampled_within_clients(self) -> "FederationConfig":

@@ -155,6 +155,8 @@ def _section(validate, tree: dict, key: str):
 
 def check_recipe(name_or_path: str | None, overrides: list[str] | None = None, *, saved: bool = False) -> CheckedRecipe:
     """Load, override and validate a recipe, read its data, split it into clients and plan its privacy.
+    ``federation.rounds: auto`` becomes the number it stands for here (it needs the data's size),
+    so the returned recipe, and the run directory's copy of it, carry a whole number.
 
     Raises one :class:`InputError` listing every problem: schema problems and, whenever the
     data section itself is valid, the data and partition problems too; the privacy plan is
@@ -195,6 +197,7 @@ def check_recipe(name_or_path: str | None, overrides: list[str] | None = None, *
     if problems:
         raise InputError(problems, source=str(path))
     train, test, clients = loaded
+    recipe.federation.rounds = recipe.federation.resolved_rounds(len(train))
     try:
         privacy = plan_privacy(recipe, [len(indices) for indices in clients])
     except InputError as exc:

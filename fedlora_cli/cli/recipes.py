@@ -95,7 +95,7 @@ def print_report(label: str, report: dict) -> None:
         labels.add_row(row["label"], str(row["train"]), _pct(row["train_share"]), str(row["test"]), _pct(row["test_share"]))
     console.print(labels)
     sample_level = report["privacy_level"] == "sample"
-    title = "clients"
+    title = f"clients ({report['rounds']} rounds of {report['local_steps']} local steps)"
     if report["privacy_level"] == "client":
         title += f" (client-level DP: sample rate {report['client_sample_rate']:.4g}, noise multiplier {report['noise_multiplier']:.4g})"
     clients = Table("client", "examples", "label mix (top 3)", title=title, title_justify="left")

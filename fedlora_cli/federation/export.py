@@ -73,6 +73,7 @@ def collapse_warning(summary: dict) -> str:
         f"the test set (predicted counts {counts}); accuracy {summary['final_accuracy']:.4f} vs "
         f"{summary['majority_accuracy']:.4f} for always answering the majority class, macro-F1 "
         f"{summary['final_macro_f1']:.4f}. Under DP the head needs many steps to learn a rare class: try more "
-        "rounds (federation.rounds, e.g. twice as many) or a larger privacy.target_epsilon "
+        f"rounds (this run had {summary['rounds_planned']}: e.g. federation.rounds={2 * summary['rounds_planned']}, or a "
+        "larger federation.epochs with rounds: auto) or a larger privacy.target_epsilon "
         "(see README, 'Defaults that learn')"
     )

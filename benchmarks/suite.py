@@ -88,11 +88,12 @@ def derive_bbc_longtail(out: Path) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-def derive_sst2_imbalanced(out: Path) -> tuple[Path, Path]:
-    """Negative (85%) vs positive (15%) SST-2: 8,500 + 1,500 training rows, the test set's 428
-    negatives + 76 positives, each the first rows of its class in file order."""
+def derive_sst2_imbalanced(out: Path, train_negatives: int = 8500, name: str = "sst2_imb") -> tuple[Path, Path]:
+    """Negative (85%) vs positive (15%) SST-2: ``train_negatives`` negatives and 15/85 as many
+    positives for training (8,500 + 1,500 by default), the test set's 428 negatives + 76
+    positives, each the first rows of its class in file order."""
     paths = []
-    for split, negatives in (("train", 8500), ("test", None)):
+    for split, negatives in (("train", train_negatives), ("test", None)):
         rows = list(csv.reader((SHARED / "sst2" / f"{split}.tsv").open(encoding="utf-8"), delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
         negative_count = min(negatives or len(rows), sum(r[1] == "0" for r in rows))
         wanted = {"0": negative_count, "1": round(negative_count * 15 / 85)}
@@ -101,12 +102,13 @@ def derive_sst2_imbalanced(out: Path) -> tuple[Path, Path]:
             if wanted.get(row[1], 0) > 0:
                 wanted[row[1]] -= 1
                 kept.append(row)
-        paths.append(write_tsv(out / "tasks" / f"sst2_imb_{split}.tsv", kept))
+        paths.append(write_tsv(out / "tasks" / f"{name}_{split}.tsv", kept))
     return paths[0], paths[1]
 
 
 DERIVED = {
     "sst2_imb": derive_sst2_imbalanced,
+    "sst2_imb3k": lambda out: derive_sst2_imbalanced(out, train_negatives=2550, name="sst2_imb3k"),
     "agnews_imb": derive_agnews_imbalanced,
     "agnews_imb2": lambda out: derive_agnews_imbalanced(out, major="Business", name="agnews_imb2"),
     "bbc_longtail": derive_bbc_longtail,

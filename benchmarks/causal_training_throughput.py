@@ -14,6 +14,9 @@ by side in one process, alternating repeats, medians reported:
 
 Held-out loss (per response token, on ``--test-examples`` GSM8K test pairs) after the same steps
 guards against buying speed with quality. Tokens/s counts non-padding training tokens.
+``--no-dp-floor`` adds the same trainer without DP (``no-dp-fp32``): no per-example gradients,
+clipping or noise, float32, dynamic padding; no DP-SGD step can beat it, so its speed-up over
+the baseline bounds what any DP trainer can reach here in float32.
 
     python benchmarks/causal_training_throughput.py --steps 8 --repeats 2
 """
@@ -65,6 +68,9 @@ def main() -> None:
     parser.add_argument("--clip", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--microbatch-size", type=int, default=FederationConfig().microbatch_size)
+    parser.add_argument("--no-dp-floor", action="store_true",
+                        help="also time the same trainer without DP (no per-example gradients, float32): "
+                        "no DP-SGD step can be faster, so it bounds the speed-up any DP trainer can reach")
     args = parser.parse_args()
 
     data_cfg = DataConfig(source=str(GSM8K / "train.jsonl"), test_path=str(GSM8K / "test.jsonl"),
@@ -75,7 +81,7 @@ def main() -> None:
     tokens_per_step = args.batch_size * statistics.fmean(len(s) for s in train_data.input_ids)
     untrained = heldout_loss(build_model(0), test_data, 8)["loss"]
     print(json.dumps({"untrained_heldout_loss": untrained}), flush=True)
-    variants = ["baseline", "fedlora-fp32", "fedlora-bf16"]
+    variants = ["baseline", "fedlora-fp32", "fedlora-bf16", *(["no-dp-fp32"] if args.no_dp_floor else [])]
     times: dict[str, list[float]] = {v: [] for v in variants}
     losses: dict[str, list[float]] = {v: [] for v in variants}
     for repeat in range(args.repeats):
@@ -87,7 +93,7 @@ def main() -> None:
             else:
                 precision = "bfloat16" if variant.endswith("bf16") else "float32"
                 seconds = fedlora_steps(model, train_data, args.steps, args.batch_size, args.sigma, args.clip, args.lr,
-                                        repeat, precision, args.microbatch_size)
+                                        repeat, precision, args.microbatch_size, private=not variant.startswith("no-dp"))
             times[variant].append(seconds)
             losses[variant].append(heldout_loss(model, test_data, 8)["loss"])
             print(json.dumps({"repeat": repeat, "variant": variant, "seconds": seconds, "heldout_loss": losses[variant][-1]}), flush=True)

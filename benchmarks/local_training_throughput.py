@@ -93,11 +93,13 @@ def opacus_loop(model, dataset, loss_fn, steps: int, batch_size: int, sigma: flo
     return seconds
 
 
-def fedlora_steps(model, data, steps, batch_size, sigma, clip, lr, seed, precision, microbatch_size) -> float:
+def fedlora_steps(model, data, steps, batch_size, sigma, clip, lr, seed, precision, microbatch_size, private=True) -> float:
+    """Seconds for ``steps`` steps of fedlora's client trainer: DP-SGD, or (``private=False``)
+    plain SGD on batches of ``batch_size`` with no per-example gradients, the floor under any DP step."""
     cfg = FederationConfig(batch_size=batch_size, lr=lr, precision=precision, microbatch_size=microbatch_size)
-    trainer = LocalTrainer(model, cfg, private=True)
+    trainer = LocalTrainer(model, cfg, private=private)
     start = time.perf_counter()
-    trainer.train(data, steps, seed, ClientNoise(min(1.0, batch_size / len(data)), sigma, clip))
+    trainer.train(data, steps, seed, ClientNoise(min(1.0, batch_size / len(data)), sigma, clip) if private else None)
     return time.perf_counter() - start
 
 

@@ -100,7 +100,7 @@ class FederationConfig(Section):
         f"(between {AUTO_ROUNDS_RANGE[0]} and {AUTO_ROUNDS_RANGE[1]} rounds; docs/learning.md, round 4)",
     )
     epochs: float = Field(
-        5.0, gt=0, description="with rounds: auto, how many times the sampled clients' steps pass over the training set"
+        8.0, gt=0, description="with rounds: auto, how many times the sampled clients' steps pass over the training set"
     )
     local_steps: int = Field(10, ge=1, description="optimizer steps per sampled client per round")
     batch_size: int = Field(32, ge=1, description="expected batch size (Poisson sampling under DP)")

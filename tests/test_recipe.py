@@ -29,7 +29,7 @@ def test_default_recipe_loads_with_the_documented_settings():
     assert recipe.data.source == "bbc_news"
     assert (recipe.partition.method, recipe.partition.alpha) == ("dirichlet", 0.5)
     assert (recipe.federation.clients, recipe.federation.clients_per_round) == (6, 6)
-    assert (recipe.federation.rounds, recipe.federation.epochs, recipe.federation.local_steps) == ("auto", 5, 5)
+    assert (recipe.federation.rounds, recipe.federation.epochs, recipe.federation.local_steps) == ("auto", 8, 5)
     assert (recipe.federation.server_optimizer, recipe.federation.server_lr) == ("sgd", 2.0)
     assert recipe.method.name == "fedsvd"
     assert (recipe.privacy.level, recipe.privacy.target_epsilon, recipe.privacy.delta) == ("sample", 6, 1e-5)

@@ -9,9 +9,9 @@ privacy setting: no per-task tuning. Tasks:
   agnews     AG News, 4 topics (10,001 train / 2,000 of the 7,600 test rows)       [held out]
   agnews_imb AG News World vs Sci/Tech, 85% / 15% in train and test (derived)      [held out]
   sst2_skew  SST-2 with Dirichlet(0.1) over labels: near-one-label clients         [held out]
-  sst2_imb   SST-2 negative vs positive, 85% / 15% in train and test (derived)    [held out, added later]
+  sst2_imb   SST-2 negative vs positive, 85% / 15% in train and test (derived)    [added later; tuning from round 3]
   agnews_skew AG News with Dirichlet(0.1) over labels: near-one-label clients      [held out, added later]
-  agnews_imb2 AG News Business vs Sci/Tech, 85% / 15% (overlapping topics; derived) [held out, round 3]
+  agnews_imb2 AG News Business vs Sci/Tech, 85% / 15% (overlapping topics; derived) [held out in round 3; tuning from round 4]
   bbc_longtail BBC News with class sizes 100/50/25/15/10% of the full class (derived) [held out, round 3]
   sst2_imb3k SST-2 85% / 15% with 3,000 training rows, clients of about 500 (derived) [held out, round 4]
 

@@ -197,6 +197,11 @@ class PrivacyConfig(Section):
         None, ge=0, description="fixed noise multiplier instead (client level: the effective one the accountant sees)"
     )
     max_grad_norm: float = Field(1.0, gt=0, description="sample level: per-sample clipping norm C")
+    head_clip_share: float | None = Field(
+        None, gt=0, lt=1,
+        description="sample level: clip each example's head gradient to share·C and its LoRA gradient to "
+        "√(1−share²)·C (same sensitivity C, same noise); null: one joint clip to C",
+    )
     client_clip: float = Field(
         0.1, gt=0, description="client level: clipping norm C of each client's update (initial C when adaptive)"
     )

@@ -129,11 +129,12 @@ def test_wire_round_trip_is_bit_exact():
     from flwr.app import ArrayRecord
 
     state = {"a.lora_A.default.weight": torch.randn(4, 6), "b.lora_B.default.weight": torch.randn(6, 4).T}
-    task = ClientTask(2, 2**62 + 12345, ClientNoise(0.125, 1.7, 1.0, False))
-    content = wire.train_request("name: x\n", 3, 5, task, ArrayRecord({k: v.contiguous() for k, v in state.items()}), None)
-    config, received, base = wire.read_train_request(content)
-    assert base is None and int(config["seed"]) == task.seed and config["client"] == 2 and config["local-steps"] == 5
-    assert wire.noise_of(config) == task.noise
+    for noise in (ClientNoise(0.125, 1.7, 1.0, False, head_clip_share=0.95), ClientNoise(0.125, 1.7, 1.0, False)):
+        task = ClientTask(2, 2**62 + 12345, noise)
+        content = wire.train_request("name: x\n", 3, 5, task, ArrayRecord({k: v.contiguous() for k, v in state.items()}), None)
+        config, received, base = wire.read_train_request(content)
+        assert base is None and int(config["seed"]) == task.seed and config["client"] == 2 and config["local-steps"] == 5
+        assert wire.noise_of(config) == task.noise
     assert all(received[k].equal(state[k]) for k in state)
     client, result = wire.read_train_reply(wire.train_reply(2, LocalResult(state, float("nan"), 5, 40)))
     assert client == 2 and result.steps == 5 and result.examples == 40

@@ -22,6 +22,7 @@ from fedlora_cli.device import model_device
 from fedlora_cli.federation.precision import autocast, resolve_precision
 from fedlora_cli.models import is_head_parameter, model_task
 from fedlora_cli.privacy.client_level import noise_generator
+from fedlora_cli.privacy.group_clipping import GroupClippingDPOptimizer, split_clip_norms
 from fedlora_cli.recipe import FederationConfig
 from fedlora_cli.seeding import derive_seed
 from fedlora_cli.tasks.lm_scoring import mean_example_loss
@@ -35,6 +36,7 @@ class ClientNoise:
     noise_multiplier: float
     max_grad_norm: float
     secure_mode: bool = False
+    head_clip_share: float | None = None  # the head's share of C (privacy.head_clip_share); None: one joint clip
 
 
 @dataclass
@@ -58,6 +60,24 @@ def make_optimizer(named_params: list[tuple[str, torch.nn.Parameter]], cfg: Fede
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def dp_optimizer(optimizer: torch.optim.Optimizer, noise: ClientNoise, expected_batch_size: int, generator) -> DPOptimizer:
+    """Opacus's DP-SGD step around ``optimizer`` (:func:`make_optimizer`'s groups: LoRA factors, then
+    the head). With ``head_clip_share`` and both groups present, each example's head gradient is
+    clipped to ``share·C`` and its LoRA gradient to ``√(1−share²)·C`` (same sensitivity ``C``,
+    same noise); otherwise the whole gradient is clipped to ``C``."""
+    common = {
+        "noise_multiplier": noise.noise_multiplier,
+        "expected_batch_size": expected_batch_size,
+        "loss_reduction": "mean",
+        "generator": generator,
+        "secure_mode": noise.secure_mode,
+    }
+    if noise.head_clip_share is not None and len(optimizer.param_groups) == 2:
+        norms = split_clip_norms(noise.max_grad_norm, noise.head_clip_share)
+        return GroupClippingDPOptimizer(optimizer, group_norms=list(norms), **common)
+    return DPOptimizer(optimizer, max_grad_norm=noise.max_grad_norm, **common)
 
 
 def _logits(model: torch.nn.Module, batch: dict[str, torch.Tensor], precision: str) -> torch.Tensor:
@@ -115,14 +135,11 @@ class LocalTrainer:
         batch_generator = noise_generator(noise is not None and noise.secure_mode, derive_seed(seed, "batches"))
         optimizer = make_optimizer(list(zip(self.names, self.params)), self.cfg)
         if noise is not None:
-            optimizer = DPOptimizer(
+            optimizer = dp_optimizer(
                 optimizer,
-                noise_multiplier=noise.noise_multiplier,
-                max_grad_norm=noise.max_grad_norm,
+                noise,
                 expected_batch_size=max(1, round(noise.sample_rate * len(data))),
-                loss_reduction="mean",
                 generator=noise_generator(noise.secure_mode, derive_seed(seed, "noise"), self.device),
-                secure_mode=noise.secure_mode,
             )
         self.model.train()
         losses, examples = [], 0

@@ -64,6 +64,8 @@ def train_request(
                 "secure-mode": task.noise.secure_mode,
             }
         )
+        if task.noise.head_clip_share is not None:
+            config["head-clip-share"] = task.noise.head_clip_share
     records = {GLOBAL: global_arrays, TASK: ConfigRecord(config)}
     if base_arrays is not None:
         records[BASE] = base_arrays
@@ -90,6 +92,7 @@ def noise_of(config: dict) -> ClientNoise | None:
         float(config["noise-multiplier"]),
         float(config["max-grad-norm"]),
         bool(config["secure-mode"]),
+        float(config["head-clip-share"]) if "head-clip-share" in config else None,
     )
 
 

@@ -141,7 +141,9 @@ class SampleLevel(PrivacyPolicy):
 
     def noise_for(self, client: int) -> ClientNoise:
         budget = self.plan.clients[client]
-        return ClientNoise(budget.sample_rate, budget.noise_multiplier, self.privacy.max_grad_norm, self.privacy.secure_mode)
+        return ClientNoise(
+            budget.sample_rate, budget.noise_multiplier, self.privacy.max_grad_norm, self.privacy.secure_mode, self.privacy.head_clip_share
+        )
 
     def charge(self, steps: dict[int, int], released: bool = True) -> None:
         super().charge(steps, released)

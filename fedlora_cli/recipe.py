@@ -198,7 +198,7 @@ class PrivacyConfig(Section):
     )
     max_grad_norm: float = Field(1.0, gt=0, description="sample level: per-sample clipping norm C")
     head_clip_share: float | None = Field(
-        None, gt=0, lt=1,
+        0.95, gt=0, lt=1,
         description="sample level: clip each example's head gradient to share·C and its LoRA gradient to "
         "√(1−share²)·C (same sensitivity C, same noise); null: one joint clip to C",
     )
@@ -506,13 +506,16 @@ def without_foreign_options(tree: dict) -> dict:
     return tree
 
 
-FORMER_DEFAULTS = {("model", "base_dropout"): None}  # key -> how runs saved before the key existed behaved
+FORMER_DEFAULTS = {  # key -> how runs saved before the key existed behaved
+    ("model", "base_dropout"): None,
+    ("privacy", "head_clip_share"): None,
+}
 
 
 def with_former_defaults(tree: dict) -> dict:
     """A run's saved recipe that predates a key whose default changed ran with the former
     behaviour: fill it in, so the run resumes and evaluates as it trained (``model.base_dropout``:
-    runs before it kept the checkpoint's dropout)."""
+    runs before it kept the checkpoint's dropout; ``privacy.head_clip_share``: they clipped jointly)."""
     for (section, key), value in FORMER_DEFAULTS.items():
         options = tree.get(section)
         if isinstance(options, dict) and key not in options:

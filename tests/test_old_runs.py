@@ -43,3 +43,12 @@ def test_a_run_saved_before_base_dropout_keeps_the_checkpoints_dropout(tmp_path)
     path.write_text(yaml.safe_dump(saved, sort_keys=False), encoding="utf-8")
     assert load_recipe(str(path), saved=True).model.base_dropout is None  # as it trained
     assert load_recipe(str(path)).model.base_dropout == 0.0  # a user's recipe gets today's default
+
+
+def test_a_run_saved_before_head_clip_share_keeps_clipping_jointly(tmp_path):
+    saved = yaml.safe_load(dump_recipe(load_recipe("default")))
+    del saved["privacy"]["head_clip_share"]
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(saved, sort_keys=False), encoding="utf-8")
+    assert load_recipe(str(path), saved=True).privacy.head_clip_share is None  # one joint clip, as it trained
+    assert load_recipe(str(path)).privacy.head_clip_share == 0.95  # a user's recipe gets today's default

@@ -200,7 +200,7 @@ class PrivacyConfig(Section):
     head_clip_share: float | None = Field(
         0.95, gt=0, lt=1,
         description="sample level: clip each example's head gradient to share·C and its LoRA gradient to "
-        "√(1−share²)·C (same sensitivity C, same noise); null: one joint clip to C",
+        "√(1−share²)·C (same sensitivity C, same noise); null, or a model without a trained head: one joint clip to C",
     )
     client_clip: float = Field(
         0.1, gt=0, description="client level: clipping norm C of each client's update (initial C when adaptive)"

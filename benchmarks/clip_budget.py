@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fedlora_cli.data.sources import load_datasets  # noqa: E402
 from fedlora_cli.federation.artifacts import load_adapter_model  # noqa: E402
 from fedlora_cli.federation.client import classification_loss  # noqa: E402
-from fedlora_cli.models import is_head_parameter, load_tokenizer  # noqa: E402
+from fedlora_cli.models import add_lora, is_head_parameter, load_tokenizer  # noqa: E402
 from fedlora_cli.recipe import load_recipe  # noqa: E402
 from fedlora_cli.tasks import get_task  # noqa: E402
 
@@ -78,10 +78,7 @@ def main() -> None:
     data = task.tokenize(train).subset(order)
     labels = len(train.label_names)
     trained = load_adapter_model(recipe, args.run_dir / "adapter", labels)
-    untrained = get_task(recipe, tokenizer=None).base_model(labels)
-    from fedlora_cli.models import add_lora
-
-    untrained = add_lora(untrained, recipe.model, recipe.federation.seed, recipe.task).eval()
+    untrained = add_lora(get_task(recipe, tokenizer=None).base_model(labels), recipe.model, recipe.federation.seed, recipe.task).eval()
     print(f"{args.run_dir.name}, {recipe.method.name}, {len(data)} training examples (medians, float32)")
     clip = recipe.privacy.max_grad_norm
     print(f"| model | ‖g_head‖ | ‖g_lora‖ | ‖g_lora‖ / ‖g_head‖ | ‖g_head‖ / ‖g‖ | clipped (‖g‖ > C = {clip:g}) | ‖g_head‖ / ‖g‖ of the clipped |")

@@ -79,8 +79,8 @@ def test_one_outlier_moves_the_head_at_most_lr_share_c_and_everything_at_most_lr
 
 
 def test_the_noise_is_sigma_times_the_total_clip_norm_on_every_coordinate(tiny_model_dir):
-    """With a zero learning signal removed (noise step minus the noise-free step), the per-coordinate
-    std of the step is lr·σ·C/n for head and LoRA coordinates alike: the split does not change the noise."""
+    """The step with noise minus the same step without it has a per-coordinate std of lr·σ·C/n,
+    for head and LoRA coordinates alike: the split does not change the noise."""
     data = varied_length_dataset()
     recipe = tiny_recipe_obj(tiny_model_dir)
     recipe.federation.lr = 1.0

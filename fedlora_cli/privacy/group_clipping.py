@@ -15,9 +15,10 @@ Adding Differential Privacy to Iterative Training Procedures", §3) with groups 
 instead of single tensors.
 
 Why fedlora splits it (docs/learning.md, round 5): once the head has grown, the gradient that
-flows back into the LoRA factors of a misclassified example is as large as the head's own (its
-size scales with the head's weights), and a joint clip then gives the head about half of ``C``,
-while the noise on the head stays ``σ·C``. A fixed share keeps the head's signal.
+flows back into the LoRA factors of an example is about three times the head's own (it passes
+through the head's weights; ``benchmarks/clip_budget.py``), and a joint clip then leaves the head
+about 0.3·C on the examples it clips, while the noise on the head stays ``σ·C``. A fixed share
+keeps the head's signal.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ class GroupClippingDPOptimizer(DPOptimizer):
             raise ValueError(f"clipping norms must be positive, got {group_norms}")
         total = float(torch.tensor(group_norms, dtype=torch.float64).norm())
         super().__init__(optimizer, max_grad_norm=total, **kwargs)
-        self.param_norms = [norm for group, norm in zip(optimizer.param_groups, group_norms) for _ in group["params"]]
         self.param_group_index = [j for j, group in enumerate(optimizer.param_groups) for _ in group["params"]]
         self.group_norms = list(group_norms)
 

@@ -14,7 +14,7 @@ privacy setting: no per-task tuning. Tasks:
   agnews_imb2 AG News Business vs Sci/Tech, 85% / 15% (overlapping topics; derived) [held out in round 3; tuning from round 4]
   bbc_longtail BBC News with class sizes 100/50/25/15/10% of the full class (derived) [held out, round 3]
   sst2_imb3k SST-2 85% / 15% with 3,000 training rows, clients of about 500 (derived) [held out in round 4; tuning from round 5]
-  agnews_imb3 AG News World vs Business, 85% / 15% (2,940 training rows; derived)  [held out, round 5]
+  agnews_imb3 AG News World vs Business, 85% / 15% (2,952 training rows; derived)  [held out, round 5]
   sst2_imb2k SST-2 positive (85%) vs negative (15%), 2,000 training rows (derived) [held out, round 5]
 
 The "added later" tasks were made after the defaults of the previous round were chosen, to

@@ -4,8 +4,9 @@ Under joint clipping (``privacy.head_clip_share: null``) each example's whole gr
 to at most ``C``, so an example that is clipped gives the head ``C·‖g_head‖/‖g‖`` of it. For a
 run directory (its saved adapter and head) and for the same model before training, this prints
 over ``--examples`` training rows the median per-example norms of the head's part and of the
-part the method trains in the LoRA factors (B for fedsvd and ffa, A and B otherwise), their
-ratio, the median share ``‖g_head‖/‖g‖`` a joint clip leaves the head, and the same among the
+part the method trains in the LoRA factors (the method's own ``is_trainable``: B for fedsvd and
+ffa, A and B for fedavg; not fedsb, whose saved adapter holds B·R instead of R), their ratio,
+the median share ``‖g_head‖/‖g‖`` a joint clip leaves the head, and the same among the
 examples a joint clip to the recipe's ``C`` scales down (the ones that carry most of the signal).
 One backward pass per example, no Opacus (float32).
 
@@ -26,23 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fedlora_cli.data.sources import load_datasets  # noqa: E402
 from fedlora_cli.federation.artifacts import load_adapter_model  # noqa: E402
 from fedlora_cli.federation.client import classification_loss  # noqa: E402
-from fedlora_cli.models import add_lora, is_head_parameter, load_tokenizer  # noqa: E402
+from fedlora_cli.federation.experiment import build_model  # noqa: E402
+from fedlora_cli.models import is_head_parameter, load_tokenizer  # noqa: E402
 from fedlora_cli.recipe import load_recipe  # noqa: E402
 from fedlora_cli.tasks import get_task  # noqa: E402
 
-B_ONLY = ("fedsvd", "ffa")
-
-
-def trained_parameters(model: torch.nn.Module, method: str) -> dict[str, torch.nn.Parameter]:
-    factors = ("lora_B",) if method in B_ONLY else ("lora_A", "lora_B")
-    chosen = {n: p for n, p in model.named_parameters() if is_head_parameter(n) or any(f in n for f in factors)}
-    for p in chosen.values():
-        p.requires_grad_(True)
-    return chosen
-
-
-def budget(model: torch.nn.Module, method: str, data, examples: int, clip: float) -> dict[str, float]:
-    params = trained_parameters(model, method)
+def budget(model: torch.nn.Module, data, examples: int, clip: float) -> dict[str, float]:
+    """Medians over ``examples`` rows of ``data`` of the per-example gradient norms of ``model``'s
+    trainable tensors, head and LoRA apart."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     head = [is_head_parameter(n) for n in params]
     heads, loras, shares, clipped_shares = [], [], [], []
     for i in range(min(examples, len(data))):
@@ -77,14 +70,20 @@ def main() -> None:
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: args.examples].tolist()
     data = task.tokenize(train).subset(order)
     labels = len(train.label_names)
+    untrained, method = build_model(recipe, labels)  # the tensors the method lets clients train, as in a run
+    untrained.eval()
     trained = load_adapter_model(recipe, args.run_dir / "adapter", labels)
-    untrained = add_lora(get_task(recipe, tokenizer=None).base_model(labels), recipe.model, recipe.federation.seed, recipe.task).eval()
+    for name, param in trained.named_parameters():
+        param.requires_grad_(method.is_trainable(name))
+    if not any(p.requires_grad and not is_head_parameter(n) for n, p in trained.named_parameters()):
+        raise SystemExit(f"{args.run_dir}: its saved adapter does not hold the LoRA tensors {recipe.method.name} trains "
+                         "(fedsb exports B·R, not R)")
     print(f"{args.run_dir.name}, {recipe.method.name}, {len(data)} training examples (medians, float32)")
     clip = recipe.privacy.max_grad_norm
     print(f"| model | ‖g_head‖ | ‖g_lora‖ | ‖g_lora‖ / ‖g_head‖ | ‖g_head‖ / ‖g‖ | clipped (‖g‖ > C = {clip:g}) | ‖g_head‖ / ‖g‖ of the clipped |")
     print("|---|---|---|---|---|---|---|")
     for name, model in (("before training", untrained), ("after training", trained)):
-        row = budget(model, recipe.method.name, data, args.examples, clip)
+        row = budget(model, data, args.examples, clip)
         print(f"| {name} | {row['head']:.4f} | {row['lora']:.4f} | {row['ratio']:.2f} | {row['head_share']:.2f} "
               f"| {row['clipped']:.0%} | {row['clipped_head_share']:.2f} |")
 

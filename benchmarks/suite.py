@@ -78,6 +78,23 @@ def derive_agnews_imbalanced(out: Path, major: str = "World", minor: str = "Sci/
     return paths[0], paths[1]
 
 
+def derive_agnews_longtail(out: Path) -> tuple[Path, Path]:
+    """AG News with a long tail of topics: Sports, Sci/Tech, World and Business cut to the first
+    100 / 40 / 15 / 6% of their rows (in file order), in train and test alike."""
+    keep = {"Sports": 1.0, "Sci/Tech": 0.40, "World": 0.15, "Business": 0.06}
+    paths = []
+    for split in ("dev", "test"):
+        rows = list(csv.reader((SHARED / "agnews" / f"{split}.tsv").open(encoding="utf-8"), delimiter="\t", quoting=csv.QUOTE_NONE))
+        wanted = {label: round(sum(r[1] == label for r in rows) * share) for label, share in keep.items()}
+        kept = []
+        for row in rows:  # file order
+            if wanted.get(row[1], 0) > 0:
+                wanted[row[1]] -= 1
+                kept.append(row)
+        paths.append(write_tsv(out / "tasks" / f"agnews_longtail_{split}.tsv", kept))
+    return paths[0], paths[1]
+
+
 def derive_bbc_longtail(out: Path) -> tuple[Path, Path]:
     """BBC News (the default's own 80/20 split) with the k-th class (label order) cut to the first
     100 / 50 / 25 / 15 / 10% of its rows, in train and test alike: a long tail of topics."""
@@ -122,6 +139,7 @@ DERIVED = {
     "agnews_imb2": lambda out: derive_agnews_imbalanced(out, major="Business", name="agnews_imb2"),
     "agnews_imb3": lambda out: derive_agnews_imbalanced(out, major="World", minor="Business", name="agnews_imb3"),
     "bbc_longtail": derive_bbc_longtail,
+    "agnews_longtail": derive_agnews_longtail,
 }
 
 

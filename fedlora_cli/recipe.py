@@ -133,6 +133,11 @@ class FederationConfig(Section):
         "see docs/devices.md",
     )
     _known_device = field_validator("device")(check_device_setting)
+    logit_adjustment: float = Field(
+        0.5, ge=0,
+        description="classification: train on CE(f(x) + τ·log π, y), π the label prior (Menon et al. 2021; "
+        "privately released at sample level, privacy.prior_epsilon); predictions use f(x). 0: plain cross-entropy",
+    )
     server_optimizer: Literal["none", "sgd", "momentum", "adagrad", "adam", "yogi"] = Field(
         "none",
         description="optimizer the server applies to the averaged update (sgd: FedAvg with server_lr; FedAvgM: momentum; "
@@ -201,6 +206,11 @@ class PrivacyConfig(Section):
         0.95, gt=0, lt=1,
         description="sample level: clip each example's head gradient to share·C and its LoRA gradient to "
         "√(1−share²)·C (same sensitivity C, same noise); null, or a model without a trained head: one joint clip to C",
+    )
+    prior_epsilon: float = Field(
+        0.1, gt=0,
+        description="sample level, with federation.logit_adjustment: the part of target_epsilon spent on the "
+        "noised label counts (discrete Laplace per client and class; DP-SGD gets the rest)",
     )
     client_clip: float = Field(
         0.1, gt=0, description="client level: clipping norm C of each client's update (initial C when adaptive)"
@@ -509,13 +519,15 @@ def without_foreign_options(tree: dict) -> dict:
 FORMER_DEFAULTS = {  # key -> how runs saved before the key existed behaved
     ("model", "base_dropout"): None,
     ("privacy", "head_clip_share"): None,
+    ("federation", "logit_adjustment"): 0.0,
 }
 
 
 def with_former_defaults(tree: dict) -> dict:
     """A run's saved recipe that predates a key whose default changed ran with the former
     behaviour: fill it in, so the run resumes and evaluates as it trained (``model.base_dropout``:
-    runs before it kept the checkpoint's dropout; ``privacy.head_clip_share``: they clipped jointly)."""
+    runs before it kept the checkpoint's dropout; ``privacy.head_clip_share``: they clipped jointly;
+    ``federation.logit_adjustment``: they trained on plain cross-entropy)."""
     for (section, key), value in FORMER_DEFAULTS.items():
         options = tree.get(section)
         if isinstance(options, dict) and key not in options:

@@ -78,6 +78,19 @@ def _non_finite_privacy(recipe: Recipe) -> list[str]:
     ]
 
 
+def _prior_over_budget(recipe: Recipe) -> list[str]:
+    """The label prior's share must leave DP-SGD some of ``target_epsilon``."""
+    from fedlora_cli.privacy.label_prior import prior_epsilon_of
+
+    prior, target = prior_epsilon_of(recipe), recipe.privacy.target_epsilon
+    if not prior or target is None or prior < target:
+        return []
+    return [
+        f"privacy.prior_epsilon={prior} leaves nothing of privacy.target_epsilon={target} for DP-SGD; "
+        f"lower it (e.g. privacy.prior_epsilon={target / 60:.3g}) or set federation.logit_adjustment=0"
+    ]
+
+
 def _slow_accountant(recipe: Recipe) -> list[str]:
     """An accountant over more than its ``max_steps`` (a client's rounds x local_steps at sample
     level, the rounds at client level) would take minutes (prv): refused."""
@@ -96,7 +109,7 @@ def plan_privacy(recipe: Recipe, client_sizes: list[int]):
     """
     if recipe.privacy.level == "none":
         return None
-    problems = _non_finite_privacy(recipe) + _slow_accountant(recipe)
+    problems = _non_finite_privacy(recipe) + _prior_over_budget(recipe) + _slow_accountant(recipe)
     if problems:
         raise InputError(problems)
     # opacus loads only when a recipe asks for DP
@@ -104,7 +117,7 @@ def plan_privacy(recipe: Recipe, client_sizes: list[int]):
     from fedlora_cli.privacy.sample_level import SampleLevelPlan
 
     if recipe.privacy.level == "sample":
-        return SampleLevelPlan.build(recipe.privacy, recipe.federation, client_sizes)
+        return SampleLevelPlan.for_recipe(recipe, client_sizes)
     return ClientLevelDP.build(recipe.privacy, recipe.federation, recipe.method.name)
 
 

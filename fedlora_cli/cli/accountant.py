@@ -198,6 +198,12 @@ def _render_recipe(doc: dict, console: Console) -> None:
                 *(_num(row["epsilon"][name]) for name in accountants),
             )
         console.print(clients)
+        if doc["prior_epsilon"]:
+            console.print(
+                f"every epsilon includes {_num(doc['prior_epsilon'])} spent once on the noised label counts "
+                "(federation.logit_adjustment; privacy.prior_epsilon)",
+                markup=False,
+            )
     rounds = Table(title="epsilon after each round", title_justify="left")
     rounds.add_column("round", justify="right")
     rounds.add_column("steps", justify="right")

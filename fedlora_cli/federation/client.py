@@ -11,6 +11,7 @@ by the expected batch size, on a Poisson-sampled batch (rate ``q = batch_size / 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -88,9 +89,15 @@ def _logits(model: torch.nn.Module, batch: dict[str, torch.Tensor], precision: s
         return model(**inputs).logits.float()
 
 
-def classification_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], precision: str = "float32") -> torch.Tensor:
-    """Mean cross-entropy over the batch's examples."""
-    return F.cross_entropy(_logits(model, batch, precision), batch["labels"])
+def classification_loss(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], precision: str = "float32", logit_offset: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean cross-entropy over the batch's examples; with ``logit_offset`` (``τ·log π``) the
+    logit-adjusted loss ``CE(f(x) + τ·log π, y)`` (Menon et al. 2021; :mod:`fedlora_cli.privacy.label_prior`)."""
+    logits = _logits(model, batch, precision)
+    if logit_offset is not None:
+        logits = logits + logit_offset
+    return F.cross_entropy(logits, batch["labels"])
 
 
 def causal_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], precision: str = "float32") -> torch.Tensor:
@@ -129,8 +136,14 @@ class LocalTrainer:
         self.loss = TASK_LOSSES[model_task(model)]
         self.forward_model = GradSampleModule(model, loss_reduction="mean") if private else model
 
-    def train(self, data: TokenizedDataset, steps: int, seed: int, noise: ClientNoise | None) -> LocalResult:
-        """Run ``steps`` optimizer steps on ``data``; randomness depends only on ``seed``."""
+    def train(
+        self, data: TokenizedDataset, steps: int, seed: int, noise: ClientNoise | None, logit_offset: list[float] | None = None
+    ) -> LocalResult:
+        """Run ``steps`` optimizer steps on ``data``; randomness depends only on ``seed``.
+        ``logit_offset`` (classification): train on the logit-adjusted loss with this ``τ·log π``."""
+        loss = self.loss
+        if logit_offset is not None:
+            loss = partial(self.loss, logit_offset=torch.tensor(logit_offset, dtype=torch.float32, device=self.device))
         # under secure_mode the Poisson batches are secret too (amplification by sampling needs it)
         batch_generator = noise_generator(noise is not None and noise.secure_mode, derive_seed(seed, "batches"))
         optimizer = make_optimizer(list(zip(self.names, self.params)), self.cfg)
@@ -154,7 +167,7 @@ class LocalTrainer:
                 if len(indices) == 0:
                     self._empty_batch()
                 else:
-                    losses.append(self._batch_gradient(data, indices, optimizer if noise is not None else None))
+                    losses.append(self._batch_gradient(data, indices, loss, optimizer if noise is not None else None))
                     examples += len(indices)
                     if noise is None and self.cfg.clip_grad_norm is not None:
                         torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip_grad_norm)
@@ -164,8 +177,8 @@ class LocalTrainer:
         mean_loss = sum(losses) / len(losses) if losses else float("nan")
         return LocalResult(upload, mean_loss, steps, examples)
 
-    def _batch_gradient(self, data: TokenizedDataset, indices, dp_optimizer: DPOptimizer | None) -> float:
-        """Leave the gradient of the batch's mean loss ready for ``optimizer.step()``; return that loss.
+    def _batch_gradient(self, data: TokenizedDataset, indices, loss_fn, dp_optimizer: DPOptimizer | None) -> float:
+        """Leave the gradient of the batch's mean ``loss_fn`` ready for ``optimizer.step()``; return that loss.
 
         The batch runs as length-sorted chunks (``federation.microbatch_size``), each padded only
         to its own longest example. Without DP the chunk losses are weighted by their share of the
@@ -178,7 +191,7 @@ class LocalTrainer:
         chunks = data.length_sorted_chunks(indices, self.cfg.microbatch_size)
         total_loss = 0.0
         for position, chunk in enumerate(chunks):
-            loss = self.loss(self.forward_model, data.batch(chunk, self.device), self.precision)
+            loss = loss_fn(self.forward_model, data.batch(chunk, self.device), self.precision)
             if dp_optimizer is None:
                 (loss * (len(chunk) / len(indices))).backward()
             else:

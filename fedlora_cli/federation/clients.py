@@ -28,13 +28,15 @@ class ClientTask:
     """One sampled client's work in a round: train ``local_steps`` steps from the global adapter.
 
     ``seed`` is ``derive_seed(run seed, round, client)``; ``noise`` is the client's DP-SGD setting
-    (None without sample-level DP). Both are chosen by the server, so every runtime trains the
-    client identically.
+    (None without sample-level DP); ``logit_offset`` is ``τ·log π`` of logit-adjusted training
+    (None: plain cross-entropy). All are chosen by the server, so every runtime trains the client
+    identically.
     """
 
     client: int
     seed: int
     noise: ClientNoise | None
+    logit_offset: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -66,5 +68,7 @@ class InProcessClients:
         results = {}
         for task in tasks:
             load_adapter_state(self.trainer.model, global_state)
-            results[task.client] = self.trainer.train(self.client_data[task.client], self.local_steps, task.seed, task.noise)
+            results[task.client] = self.trainer.train(
+                self.client_data[task.client], self.local_steps, task.seed, task.noise, task.logit_offset
+            )
         return ClientReplies(results)

@@ -28,6 +28,7 @@ import math
 import time
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from fedlora_cli.errors import RunError
@@ -42,6 +43,7 @@ from fedlora_cli.federation.precision import resolve_precision
 from fedlora_cli.federation.run_dir import RunDir
 from fedlora_cli.methods.base import tensor_bytes
 from fedlora_cli.models import adapter_state, load_adapter_state
+from fedlora_cli.privacy.label_prior import logit_offset, noise_std, uses_label_prior
 from fedlora_cli.privacy.policy import build_policy
 from fedlora_cli.seeding import derive_seed
 
@@ -65,6 +67,7 @@ class FederatedRun:
         self.checkpoint = Checkpoint(run_dir, self.recipe, self.method, self.policy)
         self.state = RunState()
         self.last_scores: tuple[int, dict] = (-1, {})  # (round, full scores) of the latest evaluation
+        self.logit_offset: tuple[float, ...] | None = None  # τ·log π, set when the run starts
         # the model and its runtime (device, precision), who trains clients on it
         self.model = experiment.model
         self.device = model_device(self.model)
@@ -81,6 +84,7 @@ class FederatedRun:
         self.reporter.run_started(self._info())
         for note in [*self.exp.notes, *self.policy.notes()]:  # e.g. examples data.max_length cut
             self.reporter.note(note)
+        self.logit_offset = self._logit_offset()
         try:
             while self.state.rounds_done < self.fed.rounds and self.state.stopped is None:
                 self._round(self.state.rounds_done)
@@ -156,7 +160,7 @@ class FederatedRun:
 
     def _train_clients(self, round_index: int, sampled: list[int]) -> dict[int, LocalResult]:
         """The results of the sampled clients that answered, all finite; RunError when too few answered."""
-        tasks = [ClientTask(k, derive_seed(self.fed.seed, round_index, k), self.policy.noise_for(k)) for k in sampled]
+        tasks = [ClientTask(k, derive_seed(self.fed.seed, round_index, k), self.policy.noise_for(k), self.logit_offset) for k in sampled]
         base = {m.name: m.base_weight for m in self.method.modules} if self.method.modifies_base else None
         replies = self.clients.train(round_index, tasks, self.global_state, base) if tasks else ClientReplies({})
         for note in replies.notes:
@@ -174,6 +178,18 @@ class FederatedRun:
         if diverged:
             raise self._diverged(round_index, f"clients {diverged} returned non-finite parameters or loss")
         return results
+
+    def _logit_offset(self) -> tuple[float, ...] | None:
+        """``τ·log π`` for logit-adjusted training (None: plain cross-entropy), π from the label
+        counts the policy releases once (noised at sample level; :mod:`fedlora_cli.privacy.label_prior`)."""
+        if not uses_label_prior(self.recipe):
+            return None
+        labels = np.asarray(self.exp.train.labels)
+        counts = self.policy.release_label_counts(
+            [labels[indices] for indices in self.exp.client_indices], len(self.exp.label_names), derive_seed(self.fed.seed, "label-prior")
+        )
+        floor = noise_std(self.policy.prior_noise_epsilon, len(self.exp.client_indices))
+        return tuple(logit_offset(torch.tensor(counts, dtype=torch.float64), self.fed.logit_adjustment, floor))
 
     def _diverged(self, round_index: int, what: str) -> RunError:
         last = f"round {self.state.rounds_done}" if self.state.rounds_done else "none, the initial adapter"

@@ -10,7 +10,9 @@ A *train* message (server → SuperNode) holds, in one ``RecordDict``:
   current base weight of every LoRA module, by module name.
 - ``"task"``: a ``ConfigRecord`` with the resolved recipe (YAML text), the round, the client
   index, its seed, the local steps and, under sample-level DP, its Poisson rate, noise
-  multiplier, clipping norm and secure_mode.
+  multiplier, clipping norm and secure_mode; with logit adjustment the ``τ·log π`` the client
+  trains with (the server process computes the noised label counts from the recipe's partition,
+  as it does the client sizes; each client's noise is its own draw, as a node would add it).
 
 A *train* reply (SuperNode → server) holds ``"upload"`` (the trained tensors, by parameter
 name) and ``"result"`` (a ``MetricRecord``: client, mean loss, steps, examples).
@@ -66,6 +68,8 @@ def train_request(
         )
         if task.noise.head_clip_share is not None:
             config["head-clip-share"] = task.noise.head_clip_share
+    if task.logit_offset is not None:
+        config["logit-offset"] = [float(v) for v in task.logit_offset]
     records = {GLOBAL: global_arrays, TASK: ConfigRecord(config)}
     if base_arrays is not None:
         records[BASE] = base_arrays
@@ -94,6 +98,11 @@ def noise_of(config: dict) -> ClientNoise | None:
         bool(config["secure-mode"]),
         float(config["head-clip-share"]) if "head-clip-share" in config else None,
     )
+
+
+def logit_offset_of(config: dict) -> tuple[float, ...] | None:
+    """The task's ``τ·log π`` (logit-adjusted training), or None for plain cross-entropy."""
+    return tuple(float(v) for v in config["logit-offset"]) if "logit-offset" in config else None
 
 
 def train_reply(client: int, result: LocalResult) -> RecordDict:

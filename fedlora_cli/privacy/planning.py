@@ -94,17 +94,18 @@ def recipe_plan(recipe, client_sizes: list[int], accountants: list[str]) -> dict
         "secure_mode": privacy.secure_mode,
     }
     if privacy.level == "sample":
-        plan = SampleLevelPlan.build(privacy, fed, client_sizes)
+        plan = SampleLevelPlan.for_recipe(recipe, client_sizes)
         groups = sorted({(b.noise_multiplier, b.sample_rate) for b in plan.clients})
         curves = {
             (sigma, rate, name): [
-                epsilon(sigma, rate, t * fed.local_steps, privacy.delta, name) for t in range(1, fed.rounds + 1)
+                epsilon(sigma, rate, t * fed.local_steps, privacy.delta, name) + plan.prior_epsilon for t in range(1, fed.rounds + 1)
             ]
             for sigma, rate in groups
             for name in accountants
         }
         doc["planned_steps"] = plan.planned_steps
         doc["local_steps"] = fed.local_steps
+        doc["prior_epsilon"] = plan.prior_epsilon  # the label prior's release (logit adjustment), in every epsilon below
         doc["clients"] = [
             {
                 "client": k,

@@ -14,6 +14,10 @@ its policy, in round order:
 6. :meth:`PrivacyPolicy.epsilon`, :meth:`report`, :meth:`summary` — what was spent;
 7. :meth:`state_dict` / :meth:`load_state_dict` — what a checkpoint keeps.
 
+Before round 1, a run with logit adjustment asks :meth:`PrivacyPolicy.release_label_counts` for
+the label counts once (exact without DP, noised at sample level; kept in checkpoints, so a resumed
+run reuses the release instead of paying for a second one).
+
 Three policies: :class:`NoPrivacy`, :class:`SampleLevel` (DP-SGD on every client, planned by
 :class:`~fedlora_cli.privacy.sample_level.SampleLevelPlan`) and :class:`ClientLevel` (DP-FedAvg,
 :class:`~fedlora_cli.privacy.client_level.ClientLevelDP`). A new privacy level is one subclass
@@ -30,6 +34,7 @@ import torch
 from fedlora_cli.federation.client import ClientNoise
 from fedlora_cli.methods.base import State
 from fedlora_cli.privacy.client_level import EPSILON_SCOPE, ClientLevelDP, noise_generator
+from fedlora_cli.privacy.label_prior import noised_label_counts
 from fedlora_cli.privacy.sample_level import SampleLevelPlan
 from fedlora_cli.recipe import Recipe
 from fedlora_cli.seeding import derive_seed
@@ -44,9 +49,11 @@ class PrivacyPolicy:
     dp_sgd = False  # whether clients train with DP-SGD (the local trainer then wraps the model for Opacus)
 
     def __init__(self, recipe: Recipe, client_sizes: list[int]):
+        self.recipe = recipe
         self.privacy = recipe.privacy
         self.fed = recipe.federation
         self.client_steps = [0] * self.fed.clients
+        self.label_counts: list[float] | None = None  # released once, for logit adjustment
 
     def notes(self) -> list[str]:
         """What the user should know before round 1."""
@@ -72,6 +79,17 @@ class PrivacyPolicy:
     def round_metrics(self) -> dict:
         """Extra metrics of the round just aggregated."""
         return {}
+
+    prior_noise_epsilon: float | None = None  # ε of each client's noise on its label counts (None: exact)
+
+    def release_label_counts(self, client_labels: list[np.ndarray], num_labels: int, seed: int) -> list[float]:
+        """The training labels' class counts, released once (:mod:`~fedlora_cli.privacy.label_prior`):
+        every client's histogram plus its own noise of parameter :attr:`prior_noise_epsilon`, summed."""
+        if self.label_counts is None:
+            generator = noise_generator(self.privacy.secure_mode, seed) if self.prior_noise_epsilon is not None else None
+            counts = noised_label_counts(client_labels, num_labels, self.prior_noise_epsilon, generator)
+            self.label_counts = counts.tolist()
+        return self.label_counts
 
     def charge(self, steps: dict[int, int], released: bool = True) -> None:
         """Count what a round cost: ``steps[k]`` local steps of client k, and (``released``) the
@@ -99,15 +117,18 @@ class PrivacyPolicy:
             "accountant": self.privacy.accountant if private else None,
             "client_epsilons": None,
             "noise_multipliers": None,
+            "label_counts": self.label_counts,
         }
 
     def state_dict(self) -> dict:
         """JSON-ready state for a checkpoint's ``meta.json``."""
-        return {"client_steps": list(self.client_steps)}
+        released = {"label_counts": list(self.label_counts)} if self.label_counts is not None else {}
+        return {"client_steps": list(self.client_steps), **released}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from a checkpoint's meta (this policy's keys, plus ``rounds_done``)."""
         self.client_steps = list(state["client_steps"])
+        self.label_counts = state.get("label_counts")
 
     def _target_report(self, noise_multipliers: list[float]) -> dict:
         privacy = self.privacy
@@ -131,7 +152,8 @@ class SampleLevel(PrivacyPolicy):
 
     def __init__(self, recipe: Recipe, client_sizes: list[int]):
         super().__init__(recipe, client_sizes)
-        self.plan = SampleLevelPlan.build(self.privacy, self.fed, client_sizes)
+        self.plan = SampleLevelPlan.for_recipe(recipe, client_sizes)
+        self.prior_noise_epsilon = self.plan.prior_epsilon or None
 
     def stop_reason(self, round_index: int, sampled: list[int]) -> str | None:
         over = self.plan.would_exceed(sampled, self.fed.local_steps)
@@ -162,6 +184,7 @@ class SampleLevel(PrivacyPolicy):
             **super().summary(),
             "client_epsilons": self.plan.epsilons(),
             "noise_multipliers": [b.noise_multiplier for b in self.plan.clients],
+            "prior_epsilon": self.plan.prior_epsilon,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -183,12 +206,18 @@ class ClientLevel(PrivacyPolicy):
         self.round_clip = self.dp.clip  # the clip the round being computed used
 
     def notes(self) -> list[str]:
-        if self.fed.client_weighting == "uniform":
-            return []
-        return [
-            "note: privacy.level=client averages client updates uniformly (sensitivity C/m); "
-            f"federation.client_weighting={self.fed.client_weighting} is not used"
-        ]
+        notes = []
+        if self.fed.client_weighting != "uniform":
+            notes.append(
+                "note: privacy.level=client averages client updates uniformly (sensitivity C/m); "
+                f"federation.client_weighting={self.fed.client_weighting} is not used"
+            )
+        if self.recipe.task == "classification" and self.fed.logit_adjustment > 0:
+            notes.append(
+                f"note: privacy.level=client trains on plain cross-entropy: federation.logit_adjustment={self.fed.logit_adjustment} "
+                "needs a label prior, and a client-level private one (a whole client's histogram per unit) is too noisy to use"
+            )
+        return notes
 
     def sample(self, seed: int) -> list[int]:
         """Poisson sampling at ``q = clients_per_round/clients`` (may be empty)."""

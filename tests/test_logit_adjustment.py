@@ -107,6 +107,9 @@ def test_the_prior_is_paid_from_the_target_and_the_total_stays_within_it():
     sizes = [300, 120, 500]
     plan = SampleLevelPlan.for_recipe(recipe, sizes)
     without = SampleLevelPlan.for_recipe(default_recipe("federation.logit_adjustment=0"), sizes)
+    plan.clients[0].steps = plan.planned_steps
+    assert plan.epsilon_of(0) < 5.81  # not yet released
+    plan.prior_released = True
     for client, budget in enumerate(plan.clients):
         budget.steps = plan.planned_steps
         dp_sgd = opacus_epsilon(budget.noise_multiplier, budget.sample_rate, plan.planned_steps, recipe.privacy.delta, "rdp")
@@ -135,10 +138,13 @@ def test_the_release_happens_once_and_a_checkpoint_keeps_it():
     recipe = default_recipe()
     labels = [np.array([0, 1, 1, 2, 3, 4] * 20), np.array([4, 4, 0] * 30)]
     policy = build_policy(recipe, [len(x) for x in labels])
+    assert policy.epsilon() == 0.0  # nothing released, nothing trained
     first = policy.release_label_counts(labels, 5, seed=1)
+    assert policy.epsilon() == recipe.privacy.prior_epsilon
     assert policy.release_label_counts(labels, 5, seed=2) == first  # no second draw
     resumed = build_policy(recipe, [len(x) for x in labels])
     resumed.load_state_dict({**json.loads(json.dumps(policy.state_dict())), "rounds_done": 3})
+    assert resumed.epsilon() == recipe.privacy.prior_epsilon
     assert resumed.release_label_counts(labels, 5, seed=2) == first
     assert resumed.summary()["label_counts"] == first and resumed.summary()["prior_epsilon"] == recipe.privacy.prior_epsilon
 

@@ -748,7 +748,9 @@ def test_accountant_for_a_recipe(tiny_recipe):
     assert len(doc["clients"]) == 4 and len(doc["per_round"]) == 2
     for row in doc["clients"]:
         assert row["sample_rate"] == pytest.approx(min(1.0, 8 / row["examples"]))
-        assert row["epsilon"]["rdp"] == pytest.approx(epsilon(1.0, row["sample_rate"], 6, DELTA, "rdp"))
+        # the label prior's share (logit adjustment is on in the recipe) is in every epsilon
+        assert row["epsilon"]["rdp"] == pytest.approx(epsilon(1.0, row["sample_rate"], 6, DELTA, "rdp") + doc["prior_epsilon"])
+    assert doc["prior_epsilon"] == 0.1
     worst = [r["epsilon"]["rdp"] for r in doc["per_round"]]
     assert worst[0] < worst[1] == pytest.approx(max(row["epsilon"]["rdp"] for row in doc["clients"]))
 

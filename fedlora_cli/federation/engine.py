@@ -67,7 +67,6 @@ class FederatedRun:
         self.checkpoint = Checkpoint(run_dir, self.recipe, self.method, self.policy)
         self.state = RunState()
         self.last_scores: tuple[int, dict] = (-1, {})  # (round, full scores) of the latest evaluation
-        self.logit_offset: tuple[float, ...] | None = None  # τ·log π, set when the run starts
         # the model and its runtime (device, precision), who trains clients on it
         self.model = experiment.model
         self.device = model_device(self.model)
@@ -84,7 +83,6 @@ class FederatedRun:
         self.reporter.run_started(self._info())
         for note in [*self.exp.notes, *self.policy.notes()]:  # e.g. examples data.max_length cut
             self.reporter.note(note)
-        self.logit_offset = self._logit_offset()
         try:
             while self.state.rounds_done < self.fed.rounds and self.state.stopped is None:
                 self._round(self.state.rounds_done)
@@ -160,7 +158,8 @@ class FederatedRun:
 
     def _train_clients(self, round_index: int, sampled: list[int]) -> dict[int, LocalResult]:
         """The results of the sampled clients that answered, all finite; RunError when too few answered."""
-        tasks = [ClientTask(k, derive_seed(self.fed.seed, round_index, k), self.policy.noise_for(k), self.logit_offset) for k in sampled]
+        offset = self._logit_offset()  # the label counts are released before the first round that trains
+        tasks = [ClientTask(k, derive_seed(self.fed.seed, round_index, k), self.policy.noise_for(k), offset) for k in sampled]
         base = {m.name: m.base_weight for m in self.method.modules} if self.method.modifies_base else None
         replies = self.clients.train(round_index, tasks, self.global_state, base) if tasks else ClientReplies({})
         for note in replies.notes:
@@ -181,7 +180,8 @@ class FederatedRun:
 
     def _logit_offset(self) -> tuple[float, ...] | None:
         """``τ·log π`` for logit-adjusted training (None: plain cross-entropy), π from the label
-        counts the policy releases once (noised at sample level; :mod:`fedlora_cli.privacy.label_prior`)."""
+        counts the policy releases once, at the first call, and returns thereafter (noised at
+        sample level; :mod:`fedlora_cli.privacy.label_prior`)."""
         if not uses_label_prior(self.recipe):
             return None
         labels = np.asarray(self.exp.train.labels)

@@ -14,8 +14,8 @@ its policy, in round order:
 6. :meth:`PrivacyPolicy.epsilon`, :meth:`report`, :meth:`summary` — what was spent;
 7. :meth:`state_dict` / :meth:`load_state_dict` — what a checkpoint keeps.
 
-Before round 1, a run with logit adjustment asks :meth:`PrivacyPolicy.release_label_counts` for
-the label counts once (exact without DP, noised at sample level; kept in checkpoints, so a resumed
+Before its first round trains, a run with logit adjustment asks
+:meth:`PrivacyPolicy.release_label_counts` for the label counts once (exact without DP, noised at sample level; kept in checkpoints, so a resumed
 run reuses the release instead of paying for a second one).
 
 Three policies: :class:`NoPrivacy`, :class:`SampleLevel` (DP-SGD on every client, planned by
@@ -172,6 +172,11 @@ class SampleLevel(PrivacyPolicy):
         for client, count in steps.items():
             self.plan.charge(client, count)
 
+    def release_label_counts(self, client_labels: list[np.ndarray], num_labels: int, seed: int) -> list[float]:
+        counts = super().release_label_counts(client_labels, num_labels, seed)
+        self.plan.prior_released = True
+        return counts
+
     def epsilon(self) -> float:
         """The worst client's epsilon: each client is charged only the steps it took."""
         return self.plan.worst_epsilon()
@@ -191,6 +196,7 @@ class SampleLevel(PrivacyPolicy):
         super().load_state_dict(state)
         for budget, steps in zip(self.plan.clients, self.client_steps):
             budget.steps = steps
+        self.plan.prior_released = self.label_counts is not None
 
 
 class ClientLevel(PrivacyPolicy):

@@ -6,8 +6,9 @@ the client took part in every round (conservative). A client's spent epsilon cou
 steps it actually took, so with partial participation it stays below the target.
 
 With logit adjustment (:mod:`~fedlora_cli.privacy.label_prior`) every client also releases its
-noised label counts once, an ``ε_π``-DP release: DP-SGD is calibrated to ``target − ε_π`` and
-every epsilon reported is the DP-SGD one plus ``ε_π`` (basic composition).
+noised label counts once, an ``ε_π``-DP release: DP-SGD is calibrated to ``target − ε_π``, and
+once the counts are released (before the first round trains) every epsilon reported is the
+DP-SGD one plus ``ε_π`` (basic composition).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ class SampleLevelPlan:
     cfg: PrivacyConfig
     clients: list[ClientBudget]
     planned_steps: int
-    prior_epsilon: float = 0.0  # spent on the label prior before round 1 (0: none released)
+    prior_epsilon: float = 0.0  # the label prior's share of the budget (0: the run releases none)
+    prior_released: bool = False  # whether it has been spent
     _cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -53,13 +55,13 @@ class SampleLevelPlan:
 
     def epsilon_of(self, client: int, steps: int | None = None) -> float:
         """Client ``client``'s epsilon after ``steps`` DP-SGD steps (default: those it took), the
-        label prior's included."""
+        label prior's included once released."""
         budget = self.clients[client]
         steps = budget.steps if steps is None else steps
         key = (budget.noise_multiplier, budget.sample_rate, steps)
         if key not in self._cache:
             self._cache[key] = epsilon(budget.noise_multiplier, budget.sample_rate, steps, self.cfg.delta, self.cfg.accountant)
-        return self._cache[key] + self.prior_epsilon
+        return self._cache[key] + (self.prior_epsilon if self.prior_released else 0.0)
 
     def epsilons(self) -> list[float]:
         return [self.epsilon_of(k) for k in range(len(self.clients))]
@@ -72,7 +74,8 @@ class SampleLevelPlan:
         limit = self.cfg.max_epsilon
         if limit is None:
             return []
-        return [k for k in sampled if self.epsilon_of(k, self.clients[k].steps + local_steps) > limit]
+        unreleased = 0.0 if self.prior_released else self.prior_epsilon  # released before the round trains
+        return [k for k in sampled if self.epsilon_of(k, self.clients[k].steps + local_steps) + unreleased > limit]
 
     def charge(self, client: int, steps: int) -> None:
         self.clients[client].steps += steps

@@ -101,17 +101,23 @@ def test_the_noise_is_sigma_times_the_total_clip_norm_on_every_coordinate(tiny_m
 
 
 def test_without_a_head_the_share_is_ignored_and_the_clip_is_joint():
-    """A model whose optimizer has one parameter group (no trained head) gets Opacus's plain DPOptimizer."""
+    """A model whose optimizer has no head group (no trained head) gets Opacus's plain DPOptimizer;
+    the split follows the groups' ``part`` names, whatever their order."""
     from opacus.optimizers import DPOptimizer
 
     from fedlora_cli.federation.client import dp_optimizer
 
     layer = torch.nn.Linear(3, 2)
-    optimizer = dp_optimizer(torch.optim.SGD(layer.parameters(), lr=1.0), ClientNoise(1.0, 1.0, 1.0, head_clip_share=0.9), 4, None)
+    noise = ClientNoise(1.0, 1.0, 1.0, head_clip_share=0.9)
+    optimizer = dp_optimizer(torch.optim.SGD(layer.parameters(), lr=1.0), noise, 4, None)
     assert type(optimizer) is DPOptimizer and optimizer.max_grad_norm == 1.0
-    two_groups = torch.optim.SGD([{"params": [layer.weight]}, {"params": [layer.bias]}], lr=1.0)
-    optimizer = dp_optimizer(two_groups, ClientNoise(1.0, 1.0, 1.0, head_clip_share=0.9), 4, None)
+    unnamed = torch.optim.SGD([{"params": [layer.weight]}, {"params": [layer.bias]}], lr=1.0)
+    assert type(dp_optimizer(unnamed, noise, 4, None)) is DPOptimizer
+    head_first = torch.optim.SGD([{"params": [layer.weight], "part": "head"}, {"params": [layer.bias], "part": "lora"}], lr=1.0)
+    optimizer = dp_optimizer(head_first, noise, 4, None)
     assert isinstance(optimizer, GroupClippingDPOptimizer) and optimizer.max_grad_norm == pytest.approx(1.0)
+    lora, head = split_clip_norms(1.0, 0.9)
+    assert optimizer.group_norms == pytest.approx([head, lora])
 
 
 def test_the_recipe_share_reaches_every_client(tiny_model_dir):

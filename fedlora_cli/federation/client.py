@@ -51,9 +51,9 @@ class LocalResult:
 def make_optimizer(named_params: list[tuple[str, torch.nn.Parameter]], cfg: FederationConfig) -> torch.optim.Optimizer:
     """The client optimizer: LoRA factors at ``lr``, the classifier head at ``head_lr`` (default ``lr``)."""
     head_lr = cfg.head_lr if cfg.head_lr is not None else cfg.lr
-    groups = [
-        {"params": [p for name, p in named_params if not is_head_parameter(name)], "lr": cfg.lr},
-        {"params": [p for name, p in named_params if is_head_parameter(name)], "lr": head_lr},
+    groups = [  # "part" names the group for split clipping (dp_optimizer)
+        {"params": [p for name, p in named_params if not is_head_parameter(name)], "lr": cfg.lr, "part": "lora"},
+        {"params": [p for name, p in named_params if is_head_parameter(name)], "lr": head_lr, "part": "head"},
     ]
     groups = [group for group in groups if group["params"]]
     if cfg.optimizer == "sgd":
@@ -64,10 +64,10 @@ def make_optimizer(named_params: list[tuple[str, torch.nn.Parameter]], cfg: Fede
 
 
 def dp_optimizer(optimizer: torch.optim.Optimizer, noise: ClientNoise, expected_batch_size: int, generator) -> DPOptimizer:
-    """Opacus's DP-SGD step around ``optimizer`` (:func:`make_optimizer`'s groups: LoRA factors, then
-    the head). With ``head_clip_share`` and both groups present, each example's head gradient is
-    clipped to ``share·C`` and its LoRA gradient to ``√(1−share²)·C`` (same sensitivity ``C``,
-    same noise); otherwise the whole gradient is clipped to ``C``."""
+    """Opacus's DP-SGD step around ``optimizer`` (:func:`make_optimizer`'s groups, named by their
+    ``part``). With ``head_clip_share`` and both a LoRA and a head group present, each example's
+    head gradient is clipped to ``share·C`` and its LoRA gradient to ``√(1−share²)·C`` (same
+    sensitivity ``C``, same noise); otherwise the whole gradient is clipped to ``C``."""
     common = {
         "noise_multiplier": noise.noise_multiplier,
         "expected_batch_size": expected_batch_size,
@@ -75,9 +75,11 @@ def dp_optimizer(optimizer: torch.optim.Optimizer, noise: ClientNoise, expected_
         "generator": generator,
         "secure_mode": noise.secure_mode,
     }
-    if noise.head_clip_share is not None and len(optimizer.param_groups) == 2:
-        norms = split_clip_norms(noise.max_grad_norm, noise.head_clip_share)
-        return GroupClippingDPOptimizer(optimizer, group_norms=list(norms), **common)
+    parts = [group.get("part") for group in optimizer.param_groups]
+    if noise.head_clip_share is not None and len(parts) == 2 and set(parts) == {"head", "lora"}:
+        lora, head = split_clip_norms(noise.max_grad_norm, noise.head_clip_share)
+        norms = [{"lora": lora, "head": head}[part] for part in parts]
+        return GroupClippingDPOptimizer(optimizer, group_norms=norms, **common)
     return DPOptimizer(optimizer, max_grad_norm=noise.max_grad_norm, **common)
 
 

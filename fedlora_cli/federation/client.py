@@ -139,7 +139,7 @@ class LocalTrainer:
         self.forward_model = GradSampleModule(model, loss_reduction="mean") if private else model
 
     def train(
-        self, data: TokenizedDataset, steps: int, seed: int, noise: ClientNoise | None, logit_offset: list[float] | None = None
+        self, data: TokenizedDataset, steps: int, seed: int, noise: ClientNoise | None, logit_offset: tuple[float, ...] | None = None
     ) -> LocalResult:
         """Run ``steps`` optimizer steps on ``data``; randomness depends only on ``seed``.
         ``logit_offset`` (classification): train on the logit-adjusted loss with this ``τ·log π``."""

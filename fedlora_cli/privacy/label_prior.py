@@ -26,6 +26,7 @@ import torch
 
 from fedlora_cli.recipe import Recipe
 
+
 def label_counts(labels: np.ndarray | list[int], num_labels: int) -> torch.Tensor:
     """Examples per class, as float64."""
     return torch.bincount(torch.as_tensor(np.asarray(labels), dtype=torch.long), minlength=num_labels).to(torch.float64)

@@ -15,8 +15,8 @@ its policy, in round order:
 7. :meth:`state_dict` / :meth:`load_state_dict` — what a checkpoint keeps.
 
 Before its first round trains, a run with logit adjustment asks
-:meth:`PrivacyPolicy.release_label_counts` for the label counts once (exact without DP, noised at sample level; kept in checkpoints, so a resumed
-run reuses the release instead of paying for a second one).
+:meth:`PrivacyPolicy.release_label_counts` for the label counts once (exact without DP, noised at
+sample level; kept in checkpoints, so a resumed run reuses the release instead of paying twice).
 
 Three policies: :class:`NoPrivacy`, :class:`SampleLevel` (DP-SGD on every client, planned by
 :class:`~fedlora_cli.privacy.sample_level.SampleLevelPlan`) and :class:`ClientLevel` (DP-FedAvg,
@@ -47,6 +47,7 @@ class PrivacyPolicy:
 
     level = "none"
     dp_sgd = False  # whether clients train with DP-SGD (the local trainer then wraps the model for Opacus)
+    prior_noise_epsilon: float | None = None  # ε of each client's noise on its label counts (None: exact)
 
     def __init__(self, recipe: Recipe, client_sizes: list[int]):
         self.recipe = recipe
@@ -79,8 +80,6 @@ class PrivacyPolicy:
     def round_metrics(self) -> dict:
         """Extra metrics of the round just aggregated."""
         return {}
-
-    prior_noise_epsilon: float | None = None  # ε of each client's noise on its label counts (None: exact)
 
     def release_label_counts(self, client_labels: list[np.ndarray], num_labels: int, seed: int) -> list[float]:
         """The training labels' class counts, released once (:mod:`~fedlora_cli.privacy.label_prior`):

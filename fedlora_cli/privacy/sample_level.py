@@ -79,4 +79,3 @@ class SampleLevelPlan:
 
     def charge(self, client: int, steps: int) -> None:
         self.clients[client].steps += steps
-

@@ -69,6 +69,17 @@ def write_tsv(path: Path, rows: list) -> Path:
     return path
 
 
+def first_rows_of_each_label(rows: list, wanted: dict[str, int]) -> list:
+    """The first ``wanted[label]`` rows of each label (column 1), kept in file order; labels not
+    in ``wanted`` are dropped."""
+    left, kept = dict(wanted), []
+    for row in rows:
+        if left.get(row[1], 0) > 0:
+            left[row[1]] -= 1
+            kept.append(row)
+    return kept
+
+
 def derive_agnews_imbalanced(out: Path, major: str = "World", minor: str = "Sci/Tech", name: str = "agnews_imb") -> tuple[Path, Path]:
     """``major`` (85%) vs ``minor`` (15%) from AG News, the first rows of each class in file order."""
     paths = []
@@ -88,12 +99,7 @@ def derive_agnews_longtail(out: Path) -> tuple[Path, Path]:
     for split in ("dev", "test"):
         rows = list(csv.reader((SHARED / "agnews" / f"{split}.tsv").open(encoding="utf-8"), delimiter="\t", quoting=csv.QUOTE_NONE))
         wanted = {label: round(sum(r[1] == label for r in rows) * share) for label, share in keep.items()}
-        kept = []
-        for row in rows:  # file order
-            if wanted.get(row[1], 0) > 0:
-                wanted[row[1]] -= 1
-                kept.append(row)
-        paths.append(write_tsv(out / "tasks" / f"agnews_longtail_{split}.tsv", kept))
+        paths.append(write_tsv(out / "tasks" / f"agnews_longtail_{split}.tsv", first_rows_of_each_label(rows, wanted)))
     return paths[0], paths[1]
 
 
@@ -124,12 +130,7 @@ def derive_sst2_imbalanced(out: Path, train_major: int = 8500, name: str = "sst2
         rows = list(csv.reader((SHARED / "sst2" / f"{split}.tsv").open(encoding="utf-8"), delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
         major_count = min(major_rows or len(rows), sum(r[1] == major for r in rows))
         wanted = {major: major_count, minor: round(major_count * 15 / 85)}
-        kept = []
-        for row in rows:  # file order
-            if wanted.get(row[1], 0) > 0:
-                wanted[row[1]] -= 1
-                kept.append(row)
-        paths.append(write_tsv(out / "tasks" / f"{name}_{split}.tsv", kept))
+        paths.append(write_tsv(out / "tasks" / f"{name}_{split}.tsv", first_rows_of_each_label(rows, wanted)))
     return paths[0], paths[1]
 
 

@@ -67,13 +67,17 @@ def summarize(
 
 
 def collapse_warning(summary: dict) -> str:
+    """The stderr warning of a run whose final model collapsed, with the remedies that helped where
+    measured (docs/learning.md, rounds 4-7): more rounds did not help small private sets, whose
+    clients pay for every extra step in noise, so it does not suggest them."""
     counts = summary["predicted_counts"]
     return (
         f"warning: the final model did not learn the task: it gives one class to {max(counts) / sum(counts):.0%} of "
         f"the test set (predicted counts {counts}); accuracy {summary['final_accuracy']:.4f} vs "
         f"{summary['majority_accuracy']:.4f} for always answering the majority class, macro-F1 "
-        f"{summary['final_macro_f1']:.4f}. Under DP the head needs many steps to learn a rare class: try more "
-        f"rounds (this run had {summary['rounds_planned']}: e.g. federation.rounds={2 * summary['rounds_planned']}, or a "
-        "larger federation.epochs with rounds: auto) or a larger privacy.target_epsilon "
-        "(see README, 'Defaults that learn')"
+        f"{summary['final_macro_f1']:.4f}, balanced accuracy {summary['final_balanced_accuracy']:.4f}. "
+        "What helped where measured: more examples per client (small clients get the most noise; "
+        "`fedlora recipes validate` lists each one's noise multiplier), a larger privacy.target_epsilon, "
+        "and with rare classes federation.logit_adjustment=1 (more answers for them, at some accuracy). "
+        "See README, 'Defaults that learn'"
     )

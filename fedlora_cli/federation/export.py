@@ -78,6 +78,6 @@ def collapse_warning(summary: dict) -> str:
         f"{summary['final_macro_f1']:.4f}, balanced accuracy {summary['final_balanced_accuracy']:.4f}. "
         "What helped where measured: more examples per client (small clients get the most noise; "
         "`fedlora recipes validate` lists each one's noise multiplier), a larger privacy.target_epsilon, "
-        "and with rare classes federation.logit_adjustment=1 (more answers for them, at some accuracy). "
+        "and with rare classes federation.logit_adjustment=1, which trades accuracy for answers on them. "
         "See README, 'Defaults that learn'"
     )

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from fedlora_cli.cli import app
 from fedlora_cli.tasks import classification
 from fedlora_cli.federation.evaluate import collapsed, majority_baseline, scores
+from fedlora_cli.federation.export import collapse_warning
 
 
 def one_hot_logits(predictions: list[int], num_labels: int) -> torch.Tensor:
@@ -85,3 +86,13 @@ def test_a_run_that_learned_is_not_flagged(tiny_recipe, tmp_path):
     assert summary["final_accuracy"] > summary["majority_accuracy"] + 0.2, summary
     assert summary["collapsed"] is False
     assert "did not learn" not in result.stderr
+
+
+def test_the_warning_offers_a_larger_epsilon_only_to_private_runs():
+    summary = {"predicted_counts": [20, 0], "final_accuracy": 0.85, "majority_accuracy": 0.85,
+               "final_macro_f1": 0.46, "final_balanced_accuracy": 0.5}
+    private = collapse_warning({**summary, "epsilon": 6.0})
+    not_private = collapse_warning({**summary, "epsilon": None})
+    assert "privacy.target_epsilon" in private and "noise multiplier" in private
+    assert "privacy.target_epsilon" not in not_private and "noise multiplier" not in not_private
+    assert "federation.logit_adjustment=1" in not_private and "balanced accuracy 0.5000" in not_private

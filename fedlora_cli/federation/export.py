@@ -71,13 +71,17 @@ def collapse_warning(summary: dict) -> str:
     measured (docs/learning.md, rounds 4-7): more rounds did not help small private sets, whose
     clients pay for every extra step in noise, so it does not suggest them."""
     counts = summary["predicted_counts"]
+    private = summary.get("epsilon") is not None
+    noise = " (small clients get the most noise; `fedlora recipes validate` lists each one's noise multiplier)"
+    remedies = ", ".join([
+        "more examples per client" + (noise if private else ""),
+        *(["a larger privacy.target_epsilon"] if private else []),
+        "and with rare classes federation.logit_adjustment=1, which trades accuracy for answers on them",
+    ])
     return (
         f"warning: the final model did not learn the task: it gives one class to {max(counts) / sum(counts):.0%} of "
         f"the test set (predicted counts {counts}); accuracy {summary['final_accuracy']:.4f} vs "
         f"{summary['majority_accuracy']:.4f} for always answering the majority class, macro-F1 "
         f"{summary['final_macro_f1']:.4f}, balanced accuracy {summary['final_balanced_accuracy']:.4f}. "
-        "What helped where measured: more examples per client (small clients get the most noise; "
-        "`fedlora recipes validate` lists each one's noise multiplier), a larger privacy.target_epsilon, "
-        "and with rare classes federation.logit_adjustment=1, which trades accuracy for answers on them. "
-        "See README, 'Defaults that learn'"
+        f"What helped where measured: {remedies}. See README, 'Defaults that learn'"
     )

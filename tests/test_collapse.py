@@ -91,8 +91,10 @@ def test_a_run_that_learned_is_not_flagged(tiny_recipe, tmp_path):
 def test_the_warning_offers_a_larger_epsilon_only_to_private_runs():
     summary = {"predicted_counts": [20, 0], "final_accuracy": 0.85, "majority_accuracy": 0.85,
                "final_macro_f1": 0.46, "final_balanced_accuracy": 0.5}
-    private = collapse_warning({**summary, "epsilon": 6.0})
-    not_private = collapse_warning({**summary, "epsilon": None})
+    private = collapse_warning({**summary, "privacy_level": "sample"})
+    client_level = collapse_warning({**summary, "privacy_level": "client"})
+    not_private = collapse_warning({**summary, "privacy_level": "none"})
     assert "privacy.target_epsilon" in private and "noise multiplier" in private
+    assert "privacy.target_epsilon" in client_level and "noise multiplier" not in client_level  # no per-client σ
     assert "privacy.target_epsilon" not in not_private and "noise multiplier" not in not_private
     assert "federation.logit_adjustment=1" in not_private and "balanced accuracy 0.5000" in not_private

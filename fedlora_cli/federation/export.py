@@ -71,11 +71,11 @@ def collapse_warning(summary: dict) -> str:
     measured (docs/learning.md, rounds 4-7): more rounds did not help small private sets, whose
     clients pay for every extra step in noise, so it does not suggest them."""
     counts = summary["predicted_counts"]
-    private = summary.get("epsilon") is not None
+    level = summary["privacy_level"]
     noise = " (small clients get the most noise; `fedlora recipes validate` lists each one's noise multiplier)"
     remedies = ", ".join([
-        "more examples per client" + (noise if private else ""),
-        *(["a larger privacy.target_epsilon"] if private else []),
+        "more examples per client" + (noise if level == "sample" else ""),
+        *(["a larger privacy.target_epsilon"] if level != "none" else []),
         "and with rare classes federation.logit_adjustment=1, which trades accuracy for answers on them",
     ])
     return (

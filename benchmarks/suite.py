@@ -37,7 +37,7 @@ rt's 8,530 appear in it verbatim), so rt is new data, not a new domain; imdb_imb
 task the table gives the majority-class baseline, a non-private linear probe on the frozen
 model's features (benchmarks/linear_probe.py, the reference row), and per method and privacy
 setting the mean ± 95% CI over seeds of accuracy and macro-F1, and how many runs collapsed
-(one class for ≥95% of the test set, or within a point of the majority baseline).
+(one class for ≥95% of the test set, or balanced accuracy within a point of chance).
 
     python benchmarks/suite.py --out suite --jobs 2
     python benchmarks/suite.py --tasks bbc,sst2 --methods fedsvd --epsilons 6 --seeds 0 --set federation.lr=0.1

@@ -1,6 +1,6 @@
 """Saying when a run did not learn: macro-F1, balanced accuracy, majority baseline, predicted
-histogram, and the collapse warning (one class for ≥95% of the test set, or within a point of
-always answering the majority class)."""
+histogram, and the collapse warning (one class for ≥95% of the test set, or balanced accuracy
+within a point of chance)."""
 
 from __future__ import annotations
 
@@ -48,13 +48,29 @@ def test_majority_baseline_uses_the_training_majority():
 )
 def test_collapse_by_share_of_one_class(predictions, expected):
     labels = torch.tensor([0] * 10 + [1] * 10)
-    assert collapsed(scores(one_hot_logits(predictions, 2), labels, 2), majority_accuracy=0.5) is expected
+    assert collapsed(scores(one_hot_logits(predictions, 2), labels, 2), classes_in_test=2) is expected
 
 
-def test_collapse_when_no_better_than_the_majority_class():
+def test_collapse_when_answers_do_not_depend_on_the_text():
+    labels = torch.tensor([0] * 10 + [1] * 10)
+    predictions = [0] * 5 + [1] * 5 + [0] * 5 + [1] * 5  # half of each class either way: balanced accuracy 0.5
+    result = scores(one_hot_logits(predictions, 2), labels, 2)
+    assert max(result["predicted_counts"]) == 10  # the share rule alone would pass it
+    assert collapsed(result, classes_in_test=2)
+
+
+def test_collapse_when_rare_classes_are_never_found():
     labels = torch.tensor([0] * 17 + [1] * 3)  # majority 0.85
-    predictions = [0] * 15 + [1] * 2 + [0] * 3  # 0.85 accuracy, 90% one class: below the share rule
-    assert collapsed(scores(one_hot_logits(predictions, 2), labels, 2), majority_accuracy=0.85)
+    predictions = [0] * 15 + [1] * 2 + [0] * 3  # 90% one class, recalls 15/17 and 0: balanced accuracy 0.44
+    assert collapsed(scores(one_hot_logits(predictions, 2), labels, 2), classes_in_test=2)
+
+
+def test_trading_majority_answers_for_rare_ones_is_not_collapse():
+    labels = torch.tensor([0] * 17 + [1] * 3)  # majority 0.85
+    predictions = [0] * 15 + [1] * 2 + [1] * 2 + [0]  # accuracy 0.85, recalls 15/17 and 2/3
+    result = scores(one_hot_logits(predictions, 2), labels, 2)
+    assert result["accuracy"] == pytest.approx(0.85) and result["balanced_accuracy"] > 0.75
+    assert not collapsed(result, classes_in_test=2)
 
 
 def test_a_collapsed_run_warns_and_says_so_in_its_summary(tiny_recipe, tmp_path, monkeypatch):
@@ -70,7 +86,8 @@ def test_a_collapsed_run_warns_and_says_so_in_its_summary(tiny_recipe, tmp_path,
     assert summary["predicted_counts"][0] == sum(summary["predicted_counts"])
     assert "did not learn" in result.stderr
     warning = " ".join(result.stderr.split())
-    assert f"balanced accuracy {summary['final_balanced_accuracy']:.4f}" in warning
+    chance = 1 / len(summary["predicted_counts"])
+    assert f"balanced accuracy {summary['final_balanced_accuracy']:.4f} ({chance:.4f} by chance)" in warning
     assert "federation.logit_adjustment=1" in warning and "privacy.target_epsilon" in warning
     rounds = [json.loads(line) for line in result.stdout.splitlines() if '"round"' in line]
     assert all("eval_macro_f1" in row for row in rounds)

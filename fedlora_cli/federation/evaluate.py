@@ -30,7 +30,10 @@ def predict_logits(model: torch.nn.Module, data: TokenizedDataset, batch_size: i
 
 #: A model that gives one class to at least this share of the test set has collapsed.
 COLLAPSE_SHARE = 0.95
-#: ... and so has one whose accuracy is within this much of always answering the majority class.
+#: ... and so has one whose balanced accuracy (mean per-class recall) is within this much of
+#: chance, 1/K: what any model whose answers do not depend on the text scores, whatever its mix
+#: of answers. (Accuracy against the majority class would flag, on an 85/15 set, models that
+#: trade majority answers for minority ones, the non-private linear probe among them.)
 COLLAPSE_MARGIN = 0.01
 
 
@@ -63,17 +66,20 @@ def majority_baseline(train_labels, test_labels, num_labels: int) -> dict:
     return {"majority_class": majority, "majority_accuracy": share, "majority_macro_f1": 2 * share / (1 + share) / num_labels}
 
 
-def collapsed(result: dict, majority_accuracy: float) -> bool:
-    """True when the model answers one class for ≥95% of the test set, or its accuracy is within
-    a point of the majority baseline (it learned nothing a constant answer does not give)."""
+def collapsed(result: dict, classes_in_test: int) -> bool:
+    """True when the model answers one class for ≥95% of the test set, or its balanced accuracy
+    is within a point of chance, 1/K over the K classes the test set has (it learned nothing a
+    text-blind answer does not give)."""
     counts = result["predicted_counts"]
-    return max(counts) >= COLLAPSE_SHARE * sum(counts) or result["accuracy"] <= majority_accuracy + COLLAPSE_MARGIN
+    chance = 1 / classes_in_test
+    return max(counts) >= COLLAPSE_SHARE * sum(counts) or result["balanced_accuracy"] <= chance + COLLAPSE_MARGIN
 
 
 def against_majority(result: dict, train_labels, test_labels, num_labels: int) -> dict:
     """The majority-class baseline of a test split beside ``result`` on it, and whether ``result`` collapsed."""
     baseline = majority_baseline(train_labels, test_labels, num_labels)
-    return {**baseline, "collapsed": collapsed(result, baseline["majority_accuracy"])}
+    classes_in_test = len(torch.unique(torch.as_tensor(test_labels)))
+    return {**baseline, "collapsed": collapsed(result, classes_in_test)}
 
 
 def evaluate(model: torch.nn.Module, data: TokenizedDataset, num_labels: int, batch_size: int = 64) -> dict[str, float]:

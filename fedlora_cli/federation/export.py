@@ -79,10 +79,10 @@ def collapse_warning(summary: dict) -> str:
         "and with rare classes federation.logit_adjustment=1, which trades accuracy for answers on them",
     ])
     return (
-        f"warning: the final model did not learn the task: it gives one class to {max(counts) / sum(counts):.0%} of "
-        f"the test set (predicted counts {counts}); accuracy {summary['final_accuracy']:.4f} vs "
+        f"warning: the final model did not learn the task: balanced accuracy {summary['final_balanced_accuracy']:.4f} "
+        f"({1 / len(counts):.4f} by chance), one class for {max(counts) / sum(counts):.0%} of the test set "
+        f"(predicted counts {counts}); accuracy {summary['final_accuracy']:.4f} vs "
         f"{summary['majority_accuracy']:.4f} for always answering the majority class, macro-F1 "
-        f"{summary['final_macro_f1']:.4f}, balanced accuracy {summary['final_balanced_accuracy']:.4f} "
-        f"({1 / len(counts):.4f} by chance). "
+        f"{summary['final_macro_f1']:.4f}. "
         f"What helped where measured: {remedies}. See README, 'Defaults that learn'"
     )

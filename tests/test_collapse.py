@@ -28,7 +28,7 @@ def test_scores_by_hand():
     assert result["macro_f1"] == pytest.approx((0.8 + 2 / 3 + 0) / 3)
     # recalls 2/3, 1, 0
     assert result["balanced_accuracy"] == pytest.approx((2 / 3 + 1 + 0) / 3)
-    assert result["predicted_counts"] == [2, 4, 0]
+    assert result["predicted_counts"] == [2, 4, 0] and result["classes_in_test"] == 3
 
 
 def test_majority_baseline_uses_the_training_majority():
@@ -48,7 +48,7 @@ def test_majority_baseline_uses_the_training_majority():
 )
 def test_collapse_by_share_of_one_class(predictions, expected):
     labels = torch.tensor([0] * 10 + [1] * 10)
-    assert collapsed(scores(one_hot_logits(predictions, 2), labels, 2), classes_in_test=2) is expected
+    assert collapsed(scores(one_hot_logits(predictions, 2), labels, 2)) is expected
 
 
 def test_collapse_when_answers_do_not_depend_on_the_text():
@@ -56,13 +56,21 @@ def test_collapse_when_answers_do_not_depend_on_the_text():
     predictions = [0] * 5 + [1] * 5 + [0] * 5 + [1] * 5  # half of each class either way: balanced accuracy 0.5
     result = scores(one_hot_logits(predictions, 2), labels, 2)
     assert max(result["predicted_counts"]) == 10  # the share rule alone would pass it
-    assert collapsed(result, classes_in_test=2)
+    assert collapsed(result)
 
 
 def test_collapse_when_rare_classes_are_never_found():
     labels = torch.tensor([0] * 17 + [1] * 3)  # majority 0.85
     predictions = [0] * 15 + [1] * 2 + [0] * 3  # 90% one class, recalls 15/17 and 0: balanced accuracy 0.44
-    assert collapsed(scores(one_hot_logits(predictions, 2), labels, 2), classes_in_test=2)
+    assert collapsed(scores(one_hot_logits(predictions, 2), labels, 2))
+
+
+def test_chance_counts_only_the_classes_the_test_set_has():
+    labels = torch.tensor([0] * 10 + [1] * 10)  # a three-label task whose test split lacks label 2
+    predictions = [0] * 5 + [1] * 5 + [0] * 5 + [1] * 5  # text-blind: balanced accuracy 0.5, chance 1/2
+    result = scores(one_hot_logits(predictions, 3), labels, 3)
+    assert result["classes_in_test"] == 2 and result["balanced_accuracy"] == pytest.approx(0.5)
+    assert collapsed(result)  # with chance taken as 1/3 it would pass
 
 
 def test_trading_majority_answers_for_rare_ones_is_not_collapse():
@@ -70,7 +78,7 @@ def test_trading_majority_answers_for_rare_ones_is_not_collapse():
     predictions = [0] * 15 + [1] * 2 + [1] * 2 + [0]  # accuracy 0.85, recalls 15/17 and 2/3
     result = scores(one_hot_logits(predictions, 2), labels, 2)
     assert result["accuracy"] == pytest.approx(0.85) and result["balanced_accuracy"] > 0.75
-    assert not collapsed(result, classes_in_test=2)
+    assert not collapsed(result)
 
 
 def test_a_collapsed_run_warns_and_says_so_in_its_summary(tiny_recipe, tmp_path, monkeypatch):
@@ -86,7 +94,7 @@ def test_a_collapsed_run_warns_and_says_so_in_its_summary(tiny_recipe, tmp_path,
     assert summary["predicted_counts"][0] == sum(summary["predicted_counts"])
     assert "did not learn" in result.stderr
     warning = " ".join(result.stderr.split())
-    chance = 1 / len(summary["predicted_counts"])
+    chance = 1 / summary["classes_in_test"]
     assert f"balanced accuracy {summary['final_balanced_accuracy']:.4f} ({chance:.4f} by chance)" in warning
     assert "federation.logit_adjustment=1" in warning and "privacy.target_epsilon" in warning
     rounds = [json.loads(line) for line in result.stdout.splitlines() if '"round"' in line]
@@ -107,7 +115,7 @@ def test_a_run_that_learned_is_not_flagged(tiny_recipe, tmp_path):
 
 def test_the_warning_offers_a_larger_epsilon_only_to_private_runs():
     summary = {"predicted_counts": [20, 0], "final_accuracy": 0.85, "majority_accuracy": 0.85,
-               "final_macro_f1": 0.46, "final_balanced_accuracy": 0.5}
+               "final_macro_f1": 0.46, "final_balanced_accuracy": 0.5, "classes_in_test": 2}
     private = collapse_warning({**summary, "privacy_level": "sample"})
     client_level = collapse_warning({**summary, "privacy_level": "client"})
     not_private = collapse_warning({**summary, "privacy_level": "none"})

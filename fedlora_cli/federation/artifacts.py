@@ -20,7 +20,7 @@ from fedlora_cli.data.sft import load_sft_file
 from fedlora_cli.data.sources import load_labeled_file
 from fedlora_cli.device import resolve_device
 from fedlora_cli.errors import InputError, first_line
-from fedlora_cli.federation.evaluate import against_majority
+from fedlora_cli.federation.evaluate import baseline_and_collapse
 from fedlora_cli.federation.run_dir import ADAPTER_DIR, RunDir, read_tensors
 from fedlora_cli.methods.base import restore_base_weights
 from fedlora_cli.models import load_tokenizer, lora_modules
@@ -146,7 +146,7 @@ def evaluate_adapter(
         "test": score(test),
     }
     if recipe.task == "classification":
-        result["test"].update(against_majority(result["test"], train.labels, test.labels, len(names)))
+        result["test"].update(baseline_and_collapse(result["test"], train.labels, test.labels, len(names)))
     if extra is not None:
         result["data"] = {"file": str(data_file), **score(extra, str(data_file))}
     if clients is not None:

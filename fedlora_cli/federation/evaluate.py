@@ -39,7 +39,8 @@ COLLAPSE_MARGIN = 0.01
 
 def scores(logits: torch.Tensor, labels: torch.Tensor, num_labels: int) -> dict:
     """Accuracy, macro-F1 (unweighted mean of per-class F1), balanced accuracy (mean per-class
-    recall), mean cross-entropy and the predicted-class histogram."""
+    recall over the ``classes_in_test`` classes the labels hold), mean cross-entropy and the
+    predicted-class histogram."""
     predictions = logits.argmax(dim=-1)
     f1s, recalls = [], []
     for cls in range(num_labels):
@@ -53,6 +54,7 @@ def scores(logits: torch.Tensor, labels: torch.Tensor, num_labels: int) -> dict:
         "accuracy": float((predictions == labels).float().mean()),
         "macro_f1": sum(f1s) / num_labels,
         "balanced_accuracy": sum(recalls) / len(recalls) if recalls else 0.0,
+        "classes_in_test": len(recalls),
         "loss": float(F.cross_entropy(logits, labels)),
         "predicted_counts": torch.bincount(predictions, minlength=num_labels).tolist(),
     }
@@ -66,20 +68,18 @@ def majority_baseline(train_labels, test_labels, num_labels: int) -> dict:
     return {"majority_class": majority, "majority_accuracy": share, "majority_macro_f1": 2 * share / (1 + share) / num_labels}
 
 
-def collapsed(result: dict, classes_in_test: int) -> bool:
-    """True when the model answers one class for ≥95% of the test set, or its balanced accuracy
-    is within a point of chance, 1/K over the K classes the test set has (it learned nothing a
-    text-blind answer does not give)."""
+def collapsed(result: dict) -> bool:
+    """True when the model (``scores`` of it) answers one class for ≥95% of the test set, or its
+    balanced accuracy is within a point of chance, 1/K over the K classes the test set has (it
+    learned nothing a text-blind answer does not give)."""
     counts = result["predicted_counts"]
-    chance = 1 / classes_in_test
+    chance = 1 / result["classes_in_test"]
     return max(counts) >= COLLAPSE_SHARE * sum(counts) or result["balanced_accuracy"] <= chance + COLLAPSE_MARGIN
 
 
-def against_majority(result: dict, train_labels, test_labels, num_labels: int) -> dict:
+def baseline_and_collapse(result: dict, train_labels, test_labels, num_labels: int) -> dict:
     """The majority-class baseline of a test split beside ``result`` on it, and whether ``result`` collapsed."""
-    baseline = majority_baseline(train_labels, test_labels, num_labels)
-    classes_in_test = len(torch.unique(torch.as_tensor(test_labels)))
-    return {**baseline, "collapsed": collapsed(result, classes_in_test)}
+    return {**majority_baseline(train_labels, test_labels, num_labels), "collapsed": collapsed(result)}
 
 
 def evaluate(model: torch.nn.Module, data: TokenizedDataset, num_labels: int, batch_size: int = 64) -> dict[str, float]:

@@ -80,7 +80,7 @@ def collapse_warning(summary: dict) -> str:
     ])
     return (
         f"warning: the final model did not learn the task: balanced accuracy {summary['final_balanced_accuracy']:.4f} "
-        f"({1 / len(counts):.4f} by chance), one class for {max(counts) / sum(counts):.0%} of the test set "
+        f"({1 / summary['classes_in_test']:.4f} by chance), one class for {max(counts) / sum(counts):.0%} of the test set "
         f"(predicted counts {counts}); accuracy {summary['final_accuracy']:.4f} vs "
         f"{summary['majority_accuracy']:.4f} for always answering the majority class, macro-F1 "
         f"{summary['final_macro_f1']:.4f}. "

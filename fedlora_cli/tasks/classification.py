@@ -6,7 +6,7 @@ import torch
 
 from fedlora_cli.data.batching import TokenizedDataset, tokenize
 from fedlora_cli.data.sources import TextDataset
-from fedlora_cli.federation.evaluate import against_majority, evaluate, predict_logits
+from fedlora_cli.federation.evaluate import baseline_and_collapse, evaluate, predict_logits
 from fedlora_cli.models import load_base_model
 from fedlora_cli.recipe import Recipe
 
@@ -42,7 +42,8 @@ class ClassificationTask:
             "final_balanced_accuracy": final["balanced_accuracy"],
             "final_loss": final["loss"],
             "predicted_counts": final["predicted_counts"],
-            **against_majority(final, train.labels, test.labels, len(train.label_names)),
+            "classes_in_test": final["classes_in_test"],
+            **baseline_and_collapse(final, train.labels, test.labels, len(train.label_names)),
         }
 
     @staticmethod

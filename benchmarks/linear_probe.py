@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fedlora_cli.data.batching import TokenizedDataset, tokenize  # noqa: E402
 from fedlora_cli.data.sources import load_datasets  # noqa: E402
-from fedlora_cli.federation.evaluate import majority_baseline, scores  # noqa: E402
+from fedlora_cli.federation.evaluate import collapsed, majority_baseline, scores  # noqa: E402
 from fedlora_cli.models import load_base_model, load_tokenizer  # noqa: E402
 from fedlora_cli.recipe import Recipe, load_recipe  # noqa: E402
 
@@ -104,6 +104,9 @@ def probe(recipe: Recipe) -> dict:
         "l2": best,
         "probe_accuracy": result["accuracy"],
         "probe_macro_f1": result["macro_f1"],
+        "probe_balanced_accuracy": result["balanced_accuracy"],
+        "probe_predicted_counts": result["predicted_counts"],
+        "probe_collapsed": collapsed(result),  # the rule a run is flagged by, applied to the reference
         **majority_baseline(train.labels, y_test, num_labels),
         "seconds": time.perf_counter() - start,
     }

@@ -261,7 +261,7 @@ def table(results: dict, probes: dict) -> str:
             f"{len(runs)} | {fmt([r['final_accuracy'] for r in runs])} | {per_seed} | "
             f"{fmt([r['final_macro_f1'] for r in runs])} | "
             f"{sum(r['collapsed'] for r in runs)}/{len(runs)} | {probe['majority_accuracy']:.3f} | "
-            f"{probe['probe_accuracy']:.3f} / {probe['probe_macro_f1']:.3f} |"
+            f"{probe['probe_accuracy']:.3f} / {probe['probe_macro_f1']:.3f}{' (flagged)' if probe.get('probe_collapsed') else ''} |"
         )
     return "\n".join(lines)
 

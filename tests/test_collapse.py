@@ -100,6 +100,13 @@ def test_a_collapsed_run_warns_and_says_so_in_its_summary(tiny_recipe, tmp_path,
     rounds = [json.loads(line) for line in result.stdout.splitlines() if '"round"' in line]
     assert all("eval_macro_f1" in row for row in rounds)
 
+    import fedlora_cli.cli.eval as eval_cli
+
+    monkeypatch.setattr(eval_cli, "wants_json", lambda flag: flag)  # the human output, as in a terminal
+    shown = CliRunner().invoke(app, ["eval", str(out)])
+    assert shown.exit_code == 0, shown.output
+    assert "COLLAPSED: the model did not learn the task" in " ".join(shown.stdout.split())
+
 
 def test_a_run_that_learned_is_not_flagged(tiny_recipe, tmp_path):
     out = tmp_path / "run"
@@ -123,3 +130,13 @@ def test_the_warning_offers_a_larger_epsilon_only_to_private_runs():
     assert "privacy.target_epsilon" in client_level and "noise multiplier" not in client_level  # no per-client σ
     assert "privacy.target_epsilon" not in not_private and "noise multiplier" not in not_private
     assert "federation.logit_adjustment=1" in not_private and "balanced accuracy 0.5000" in not_private
+    assert "did not learn the task" in private  # balanced accuracy at chance: the answers ignore the text
+
+
+def test_the_warning_says_when_a_flagged_model_did_learn_something():
+    # round 9's rt_imb seed 1: 98.5% negative answers, balanced accuracy 0.534, above the majority accuracy
+    summary = {"predicted_counts": [985, 15], "final_accuracy": 0.857, "majority_accuracy": 0.850,
+               "final_macro_f1": 0.528, "final_balanced_accuracy": 0.534, "classes_in_test": 2, "privacy_level": "sample"}
+    warning = collapse_warning(summary)
+    assert "did not learn" not in warning
+    assert "answers one class for 98% of the test set and barely learned the others" in warning

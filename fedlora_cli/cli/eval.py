@@ -89,10 +89,14 @@ def eval_command(
     if "example_output" in test:
         console.print(f"first generated answer: {test['example_output'][:300]!r}", markup=False, highlight=False)
     if "majority_class" in test:
+        from fedlora_cli.federation.evaluate import collapse_verdict
+
         console.print(
             f"majority class (always answering '{result['label_names'][test['majority_class']]}'): accuracy "
             f"{test['majority_accuracy']:.4f}, macro-F1 {test['majority_macro_f1']:.4f}; predicted counts "
-            f"{test['predicted_counts']}" + ("; COLLAPSED: the model did not learn the task" if test["collapsed"] else ""),
+            f"{test['predicted_counts']}"
+            + (f"; COLLAPSED: the model {collapse_verdict(test['balanced_accuracy'], test['classes_in_test'], test['predicted_counts'])}"
+               if test["collapsed"] else ""),
             markup=False,
             highlight=False,
         )

@@ -68,13 +68,25 @@ def majority_baseline(train_labels, test_labels, num_labels: int) -> dict:
     return {"majority_class": majority, "majority_accuracy": share, "majority_macro_f1": 2 * share / (1 + share) / num_labels}
 
 
+def text_blind(balanced_accuracy: float, classes_in_test: int) -> bool:
+    """Balanced accuracy within a point of chance, 1/K over the K classes the test set has: the
+    model learned nothing a text-blind answer does not give."""
+    return balanced_accuracy <= 1 / classes_in_test + COLLAPSE_MARGIN
+
+
 def collapsed(result: dict) -> bool:
-    """True when the model (``scores`` of it) answers one class for ≥95% of the test set, or its
-    balanced accuracy is within a point of chance, 1/K over the K classes the test set has (it
-    learned nothing a text-blind answer does not give)."""
+    """True when the model (``scores`` of it) answers one class for ≥95% of the test set, or is
+    ``text_blind``."""
     counts = result["predicted_counts"]
-    chance = 1 / result["classes_in_test"]
-    return max(counts) >= COLLAPSE_SHARE * sum(counts) or result["balanced_accuracy"] <= chance + COLLAPSE_MARGIN
+    return max(counts) >= COLLAPSE_SHARE * sum(counts) or text_blind(result["balanced_accuracy"], result["classes_in_test"])
+
+
+def collapse_verdict(balanced_accuracy: float, classes_in_test: int, counts: list[int]) -> str:
+    """What a collapsed model did, in words: it ignored the text, or it answered one class almost
+    always (round 9: such runs can be above chance and even above the majority accuracy)."""
+    if text_blind(balanced_accuracy, classes_in_test):
+        return "did not learn the task"
+    return f"answers one class for {max(counts) / sum(counts):.0%} of the test set and barely learned the others"
 
 
 def baseline_and_collapse(result: dict, train_labels, test_labels, num_labels: int) -> dict:

@@ -95,7 +95,7 @@ def eval_command(
             f"majority class (always answering '{result['label_names'][test['majority_class']]}'): accuracy "
             f"{test['majority_accuracy']:.4f}, macro-F1 {test['majority_macro_f1']:.4f}; predicted counts "
             f"{test['predicted_counts']}"
-            + (f"; COLLAPSED: the model {collapse_verdict(test['balanced_accuracy'], test['classes_in_test'], test['predicted_counts'])}"
+            + (f"; COLLAPSED: the model {collapse_verdict(test['balanced_accuracy'], test['classes_in_test'])}"
                if test["collapsed"] else ""),
             markup=False,
             highlight=False,

@@ -81,12 +81,13 @@ def collapsed(result: dict) -> bool:
     return max(counts) >= COLLAPSE_SHARE * sum(counts) or text_blind(result["balanced_accuracy"], result["classes_in_test"])
 
 
-def collapse_verdict(balanced_accuracy: float, classes_in_test: int, counts: list[int]) -> str:
+def collapse_verdict(balanced_accuracy: float, classes_in_test: int) -> str:
     """What a collapsed model did, in words: it ignored the text, or it answered one class almost
-    always (round 9: such runs can be above chance and even above the majority accuracy)."""
+    always (round 9: such runs can be above chance and even above the majority accuracy). The
+    share itself is printed beside it, with the predicted counts."""
     if text_blind(balanced_accuracy, classes_in_test):
         return "did not learn the task"
-    return f"answers one class for {max(counts) / sum(counts):.0%} of the test set and barely learned the others"
+    return "gives nearly every answer to one class and barely learned the others"
 
 
 def baseline_and_collapse(result: dict, train_labels, test_labels, num_labels: int) -> dict:

@@ -80,7 +80,7 @@ def collapse_warning(summary: dict) -> str:
         "and with rare classes federation.logit_adjustment=1, which trades accuracy for answers on them",
     ])
     return (
-        f"warning: the final model {collapse_verdict(summary['final_balanced_accuracy'], summary['classes_in_test'], counts)}: "
+        f"warning: the final model {collapse_verdict(summary['final_balanced_accuracy'], summary['classes_in_test'])}: "
         f"balanced accuracy {summary['final_balanced_accuracy']:.4f} "
         f"({1 / summary['classes_in_test']:.4f} by chance), one class for {max(counts) / sum(counts):.0%} of the test set "
         f"(predicted counts {counts}); accuracy {summary['final_accuracy']:.4f} vs "

@@ -318,6 +318,13 @@ def is_head_parameter(name: str) -> bool:
     return "modules_to_save" in name
 
 
+def head_bias_name(state: dict[str, torch.Tensor], num_labels: int) -> str | None:
+    """The bias of the classifier head's output layer in an adapter state (BERT's ``classifier``,
+    RoBERTa's ``classifier.out_proj``); None for heads without one (decoders' ``score``)."""
+    names = [n for n, t in state.items() if is_head_parameter(n) and n.endswith(".bias") and tuple(t.shape) == (num_labels,)]
+    return names[-1] if names else None
+
+
 def adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every adapter tensor (LoRA factors and the head copy), detached clones, by parameter name."""
     return {

@@ -87,7 +87,7 @@ def _prior_over_budget(recipe: Recipe) -> list[str]:
         return []
     return [
         f"privacy.prior_epsilon={prior} leaves nothing of privacy.target_epsilon={target} for DP-SGD; "
-        f"lower it (e.g. privacy.prior_epsilon={target / 60:.3g}) or set federation.logit_adjustment=0"
+        f"lower it (e.g. privacy.prior_epsilon={target / 60:.3g}) or set federation.logit_adjustment=0 and federation.posthoc_adjustment=0"
     ]
 
 

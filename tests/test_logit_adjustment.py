@@ -106,7 +106,7 @@ def test_the_prior_is_paid_from_the_target_and_the_total_stays_within_it():
     assert uses_label_prior(recipe) and prior_epsilon_of(recipe) == 0.2
     sizes = [300, 120, 500]
     plan = SampleLevelPlan.for_recipe(recipe, sizes)
-    without = SampleLevelPlan.for_recipe(default_recipe("federation.logit_adjustment=0"), sizes)
+    without = SampleLevelPlan.for_recipe(default_recipe("federation.logit_adjustment=0", "federation.posthoc_adjustment=0"), sizes)
     plan.clients[0].steps = plan.planned_steps
     assert plan.epsilon_of(0) < 5.81  # not yet released
     plan.prior_released = True
@@ -125,7 +125,7 @@ def test_only_sample_level_pays_and_client_level_trains_plain_with_a_note():
     assert not uses_label_prior(client) and prior_epsilon_of(client) == 0.0
     notes = build_policy(client, [100] * 6).notes()
     assert any("logit_adjustment" in note for note in notes)
-    assert not uses_label_prior(default_recipe("federation.logit_adjustment=0"))
+    assert not uses_label_prior(default_recipe("federation.logit_adjustment=0", "federation.posthoc_adjustment=0"))
 
 
 def test_a_prior_that_takes_the_whole_budget_is_refused(tiny_recipe):
@@ -175,3 +175,89 @@ def test_runs_saved_before_the_key_trained_on_plain_cross_entropy():
 
     tree = with_former_defaults({"federation": {"clients": 4}, "privacy": {"level": "sample"}})
     assert parse_recipe(tree).federation.logit_adjustment == 0.0
+
+
+def test_runs_saved_before_the_posthoc_key_served_f():
+    from fedlora_cli.recipe import with_former_defaults
+
+    tree = with_former_defaults({"federation": {"clients": 4}, "privacy": {"level": "sample"}})
+    assert parse_recipe(tree).federation.posthoc_adjustment == 0.0
+    assert default_recipe().federation.posthoc_adjustment == 0.25
+
+
+def test_posthoc_alone_releases_the_prior_and_its_tau_costs_nothing_more():
+    """The served adjustment is post-processing of the released prior: the plan (noise, epsilon)
+    is the same for any τ' > 0, and a run with only τ' still pays ε_π once."""
+    sizes = [300, 120, 500]
+    only_posthoc = default_recipe("federation.logit_adjustment=0", "federation.posthoc_adjustment=0.25")
+    assert uses_label_prior(only_posthoc) and prior_epsilon_of(only_posthoc) == only_posthoc.privacy.prior_epsilon
+    assert not uses_label_prior(default_recipe("federation.logit_adjustment=0", "federation.posthoc_adjustment=0"))
+    plans = [SampleLevelPlan.for_recipe(default_recipe(f"federation.posthoc_adjustment={tau}"), sizes) for tau in (0.25, 1, 3)]
+    assert len({tuple(b.noise_multiplier for b in plan.clients) for plan in plans}) == 1
+    notes = build_policy(default_recipe("privacy.level=client", "privacy.target_epsilon=6"), [100] * 6).notes()
+    assert any("posthoc_adjustment=0.25" in note for note in notes)
+
+
+def test_the_served_state_takes_the_offset_from_the_head_bias_only(tiny_model_dir):
+    from fedlora_cli.models import adapter_state, head_bias_name
+    from fedlora_cli.privacy.label_prior import served_state
+
+    model, _ = build_model(tiny_recipe_obj(tiny_model_dir), 3)
+    state = adapter_state(model)
+    bias = head_bias_name(state, 3)
+    assert bias is not None and "classifier" in bias and "modules_to_save" in bias
+    served = served_state(state, bias, [-0.1, -1.0, -2.5])
+    assert torch.allclose(served[bias], state[bias] + torch.tensor([0.1, 1.0, 2.5]))
+    assert all(served[k] is state[k] for k in state if k != bias)  # nothing else changes, state is not edited
+    assert served_state(state, bias, None) is state and served_state(state, None, [0.0, 1.0, 2.0]) is state
+    assert head_bias_name({"score.modules_to_save.default.weight": torch.zeros(3, 8)}, 3) is None  # decoders' head
+
+
+@pytest.mark.parametrize("tau", [0.0, 1.0])
+def test_the_served_model_predicts_f_minus_tau_log_prior_and_the_checkpoint_keeps_f(tiny_recipe, tau):
+    """Menon et al. 2021, eq. 9: the saved adapter (and every evaluation) predicts with
+    f(x) − τ'·log π, π the released counts floored as in training; the checkpoint, which clients
+    and a resume start from, holds the trained f."""
+    from safetensors.torch import load_file
+
+    from fedlora_cli.federation.artifacts import load_adapter_model, resolve_target
+    from fedlora_cli.federation.evaluate import predict_logits, scores
+    from fedlora_cli.models import head_bias_name, load_adapter_state, load_tokenizer
+    from fedlora_cli.tasks import get_task, load_task_datasets
+
+    result = run_train(tiny_recipe, f"federation.posthoc_adjustment={tau}", "privacy.prior_epsilon=0.5")
+    assert result.exit_code == 0, result.output
+    summary = summary_of(result)
+    target = resolve_target(summary["run_dir"], None, None)
+    checkpoint = next((target.run_dir / "checkpoint").glob("state-*.safetensors"))
+    trained = load_file(checkpoint)
+    offset = torch.tensor(logit_offset(torch.tensor(summary["label_counts"], dtype=torch.float64), tau, noise_std(0.5, 4)))
+
+    model = load_adapter_model(target.recipe, target.adapter_dir, 3)  # the served model, as saved
+    bias = head_bias_name(trained, 3)
+    served_bias = dict(model.named_parameters())[bias].detach()
+    assert torch.allclose(served_bias, trained[bias] - offset.float(), atol=1e-6)
+    train, test = load_task_datasets(target.recipe)
+    data = get_task(target.recipe, load_tokenizer(target.recipe.model.name)).tokenize(test)
+    served_logits = predict_logits(model, data)
+    load_adapter_state(model, trained)  # f itself
+    trained_logits = predict_logits(model, data)
+    assert torch.allclose(served_logits, trained_logits - offset.float(), atol=1e-5)
+    expected = scores(trained_logits - offset.float(), data.labels, 3)
+    assert summary["final_accuracy"] == pytest.approx(expected["accuracy"])
+    assert summary["predicted_counts"] == expected["predicted_counts"]
+
+
+def test_a_posthoc_only_run_pays_for_the_prior_from_its_first_round(tiny_recipe):
+    """Without logit-adjusted training the prior is still released before round 1 trains, so the
+    epsilon of every round (evaluated or not) is that of a run that trains with it: the same
+    DP-SGD noise, plus ε_π."""
+
+    def epsilons(*overrides):
+        result = run_train(tiny_recipe, *overrides, "privacy.prior_epsilon=0.5", "federation.eval_every=2", "federation.rounds=3")
+        assert result.exit_code == 0, result.output
+        assert len(summary_of(result)["label_counts"]) == 3
+        return [json.loads(line)["epsilon"] for line in result.stdout.splitlines() if line.startswith('{"type": "round"')]
+
+    posthoc_only = epsilons("federation.logit_adjustment=0", "federation.posthoc_adjustment=0.5")
+    assert len(posthoc_only) == 3 and posthoc_only == epsilons("federation.logit_adjustment=0.5")

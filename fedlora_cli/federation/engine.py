@@ -42,8 +42,8 @@ from fedlora_cli.device import model_device
 from fedlora_cli.federation.precision import resolve_precision
 from fedlora_cli.federation.run_dir import RunDir
 from fedlora_cli.methods.base import tensor_bytes
-from fedlora_cli.models import adapter_state, load_adapter_state
-from fedlora_cli.privacy.label_prior import logit_offset, noise_std, uses_label_prior
+from fedlora_cli.models import adapter_state, head_bias_name, load_adapter_state
+from fedlora_cli.privacy.label_prior import logit_offset, noise_std, served_state, uses_label_prior
 from fedlora_cli.privacy.policy import build_policy
 from fedlora_cli.seeding import derive_seed
 
@@ -72,6 +72,7 @@ class FederatedRun:
         self.device = model_device(self.model)
         self.precision = resolve_precision(self.fed.precision, self.device)
         self.global_state = adapter_state(self.model)
+        self.head_bias = head_bias_name(self.global_state, len(experiment.label_names)) if self.recipe.task == "classification" else None
         if clients is None:
             trainer = LocalTrainer(self.model, self.fed, private=self.policy.dp_sgd)
             clients = InProcessClients(trainer, experiment.client_data, self.fed.local_steps)
@@ -81,7 +82,7 @@ class FederatedRun:
         """Run (or continue) the rounds; returns the summary written to ``summary.json``."""
         start = time.perf_counter() - self.state.elapsed
         self.reporter.run_started(self._info())
-        for note in [*self.exp.notes, *self.policy.notes()]:  # e.g. examples data.max_length cut
+        for note in [*self.exp.notes, *self.policy.notes(), *self._notes()]:  # e.g. examples data.max_length cut
             self.reporter.note(note)
         try:
             while self.state.rounds_done < self.fed.rounds and self.state.stopped is None:
@@ -95,7 +96,7 @@ class FederatedRun:
             raise
         self.state.elapsed = time.perf_counter() - start
         self.checkpoint.save(self.global_state, self.state)
-        export_adapter(self.exp, self.run_dir, self.global_state)
+        export_adapter(self.exp, self.run_dir, self._served(self.global_state))
         evaluated_round, final = self.last_scores
         if evaluated_round != self.state.rounds_done:
             final = self._evaluate(self.global_state)
@@ -158,7 +159,7 @@ class FederatedRun:
 
     def _train_clients(self, round_index: int, sampled: list[int]) -> dict[int, LocalResult]:
         """The results of the sampled clients that answered, all finite; RunError when too few answered."""
-        offset = self._logit_offset()  # the label counts are released before the first round that trains
+        offset = self._logit_offset(self.fed.logit_adjustment)  # the label counts are released before the first round that trains
         tasks = [ClientTask(k, derive_seed(self.fed.seed, round_index, k), self.policy.noise_for(k), offset) for k in sampled]
         base = {m.name: m.base_weight for m in self.method.modules} if self.method.modifies_base else None
         replies = self.clients.train(round_index, tasks, self.global_state, base) if tasks else ClientReplies({})
@@ -178,9 +179,9 @@ class FederatedRun:
             raise self._diverged(round_index, f"clients {diverged} returned non-finite parameters or loss")
         return results
 
-    def _logit_offset(self) -> tuple[float, ...] | None:
-        """``τ·log π`` for logit-adjusted training (None: plain cross-entropy), π from the label
-        counts the policy releases once, at the first call, and returns thereafter (noised at
+    def _logit_offset(self, tau: float) -> tuple[float, ...] | None:
+        """``τ·log π`` (None for τ = 0 or a run without a prior), π from the label counts the
+        policy releases once, at the first call (whatever τ), and returns thereafter (noised at
         sample level; :mod:`fedlora_cli.privacy.label_prior`)."""
         if not uses_label_prior(self.recipe):
             return None
@@ -188,8 +189,24 @@ class FederatedRun:
         counts = self.policy.release_label_counts(
             [labels[indices] for indices in self.exp.client_indices], len(self.exp.label_names), derive_seed(self.fed.seed, "label-prior")
         )
+        if tau == 0:
+            return None
         floor = noise_std(self.policy.prior_noise_epsilon, len(self.exp.client_indices))
-        return tuple(logit_offset(torch.tensor(counts, dtype=torch.float64), self.fed.logit_adjustment, floor))
+        return tuple(logit_offset(torch.tensor(counts, dtype=torch.float64), tau, floor))
+
+    def _notes(self) -> list[str]:
+        if self.head_bias is None and self.fed.posthoc_adjustment > 0 and uses_label_prior(self.recipe):
+            return [
+                f"note: federation.posthoc_adjustment={self.fed.posthoc_adjustment} is not applied: the classifier head "
+                f"of model '{self.recipe.model.name}' has no bias to fold it into; the run serves f(x)"
+            ]
+        return []
+
+    def _served(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The adapter the run evaluates and saves: ``state`` with the post-hoc adjustment
+        ``federation.posthoc_adjustment·log π`` taken from the head's bias (:func:`served_state`).
+        Clients and checkpoints keep ``state`` itself."""
+        return served_state(state, self.head_bias, self._logit_offset(self.fed.posthoc_adjustment))
 
     def _diverged(self, round_index: int, what: str) -> RunError:
         last = f"round {self.state.rounds_done}" if self.state.rounds_done else "none, the initial adapter"
@@ -199,8 +216,9 @@ class FederatedRun:
         )
 
     def _evaluate(self, state: dict[str, torch.Tensor]) -> dict:
-        """The scores of adapter ``state`` on the test split: the one place a run evaluates."""
-        load_adapter_state(self.model, state)
+        """The scores of the model served from adapter ``state`` on the test split: the one place
+        a run evaluates."""
+        load_adapter_state(self.model, self._served(state))
         return self.exp.task.evaluate(self.model, self.exp.test, self.exp.test_data)
 
     def _info(self) -> dict:

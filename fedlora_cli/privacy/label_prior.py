@@ -6,7 +6,9 @@ predicts with ``f(x)`` alone: the rare classes must win by a margin while traini
 the decision boundary towards the balanced one. Under DP-SGD this matters more than a reweighted
 loss would: per-example clipping caps each example's influence at C whatever its weight, while
 the adjusted logits change the *direction* of the frequent classes' gradients (their examples
-already fit, so their gradients shrink).
+already fit, so their gradients shrink). Under DP the head stays under-fit and the boundary moves
+only part of the way, so the served model may also apply the paper's *post-hoc* adjustment,
+``argmax_y f_y(x) − τ'·log π_y`` (``federation.posthoc_adjustment``; :func:`served_state`).
 
 π is a statistic of every client's labels, so it is released privately. Each client adds
 two-sided geometric noise (the discrete Laplace mechanism, Ghosh et al. 2009) of parameter
@@ -72,10 +74,23 @@ def logit_offset(counts: torch.Tensor, tau: float, floor: float = 1.0) -> list[f
 
 
 def uses_label_prior(recipe: Recipe) -> bool:
-    """Whether a run releases a label prior: a classification recipe with logit adjustment, at
-    privacy level none (exact counts) or sample (noised counts). Client level has none: a client's
-    whole histogram is its unit of privacy, too noisy to be of use with a handful of clients."""
-    return recipe.task == "classification" and recipe.federation.logit_adjustment > 0 and recipe.privacy.level != "client"
+    """Whether a run releases a label prior: a classification recipe with logit adjustment (in
+    training or post hoc), at privacy level none (exact counts) or sample (noised counts). Client
+    level has none: a client's whole histogram is its unit of privacy, too noisy to be of use with
+    a handful of clients."""
+    adjusts = recipe.federation.logit_adjustment > 0 or recipe.federation.posthoc_adjustment > 0
+    return recipe.task == "classification" and adjusts and recipe.privacy.level != "client"
+
+
+def served_state(state: dict[str, torch.Tensor], head_bias: str | None, offset: list[float] | None) -> dict[str, torch.Tensor]:
+    """The adapter a run serves (evaluates and saves) under post-hoc logit adjustment (Menon et
+    al. 2021, eq. 9): ``f(x) − τ'·log π`` is the head with its bias ``b`` replaced by
+    ``b − τ'·log π``, where ``offset`` is ``τ'·log π`` (:func:`logit_offset`). A copy of
+    ``state`` with that bias; ``state`` itself without an offset or a ``head_bias`` to fold it into."""
+    if offset is None or head_bias is None:
+        return state
+    bias = state[head_bias]
+    return {**state, head_bias: bias - torch.tensor(offset, dtype=bias.dtype, device=bias.device)}
 
 
 def prior_epsilon_of(recipe: Recipe) -> float:

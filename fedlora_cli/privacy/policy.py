@@ -217,10 +217,11 @@ class ClientLevel(PrivacyPolicy):
                 "note: privacy.level=client averages client updates uniformly (sensitivity C/m); "
                 f"federation.client_weighting={self.fed.client_weighting} is not used"
             )
-        if self.recipe.task == "classification" and self.fed.logit_adjustment > 0:
+        if self.recipe.task == "classification" and (self.fed.logit_adjustment > 0 or self.fed.posthoc_adjustment > 0):
             notes.append(
-                f"note: privacy.level=client trains on plain cross-entropy: federation.logit_adjustment={self.fed.logit_adjustment} "
-                "needs a label prior, and a client-level private one (a whole client's histogram per unit) is too noisy to use"
+                "note: privacy.level=client trains on plain cross-entropy and serves f(x): federation.logit_adjustment="
+                f"{self.fed.logit_adjustment} and federation.posthoc_adjustment={self.fed.posthoc_adjustment} need a label "
+                "prior, and a client-level private one (a whole client's histogram per unit) is too noisy to use"
             )
         return notes
 

@@ -96,7 +96,7 @@ def test_a_collapsed_run_warns_and_says_so_in_its_summary(tiny_recipe, tmp_path,
     warning = " ".join(result.stderr.split())
     chance = 1 / summary["classes_in_test"]
     assert f"balanced accuracy {summary['final_balanced_accuracy']:.4f} ({chance:.4f} by chance)" in warning
-    assert "federation.logit_adjustment=1" in warning and "privacy.target_epsilon" in warning
+    assert "federation.posthoc_adjustment (0.5)" in warning and "privacy.target_epsilon" in warning
     rounds = [json.loads(line) for line in result.stdout.splitlines() if '"round"' in line]
     assert all("eval_macro_f1" in row for row in rounds)
 
@@ -129,7 +129,8 @@ def test_the_warning_offers_a_larger_epsilon_only_to_private_runs():
     assert "privacy.target_epsilon" in private and "noise multiplier" in private
     assert "privacy.target_epsilon" in client_level and "noise multiplier" not in client_level  # no per-client σ
     assert "privacy.target_epsilon" not in not_private and "noise multiplier" not in not_private
-    assert "federation.logit_adjustment=1" in not_private and "balanced accuracy 0.5000" in not_private
+    assert "federation.posthoc_adjustment" in not_private and "balanced accuracy 0.5000" in not_private
+    assert "posthoc_adjustment" not in client_level and "logit_adjustment" not in client_level  # it has no label prior
     assert "did not learn the task" in private  # balanced accuracy at chance: the answers ignore the text
 
 

@@ -205,7 +205,10 @@ class FederatedRun:
     def _served(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The adapter the run evaluates and saves: ``state`` with the post-hoc adjustment
         ``federation.posthoc_adjustment·log π`` taken from the head's bias (:func:`served_state`).
-        Clients and checkpoints keep ``state`` itself."""
+        Clients and checkpoints keep ``state`` itself. A run that trained no round has released
+        no prior (and must not pay for one now): it serves ``state``."""
+        if self.policy.label_counts is None:
+            return state
         return served_state(state, self.head_bias, self._logit_offset(self.fed.posthoc_adjustment))
 
     def _diverged(self, round_index: int, what: str) -> RunError:

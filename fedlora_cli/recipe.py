@@ -139,7 +139,7 @@ class FederationConfig(Section):
         "privately released at sample level, privacy.prior_epsilon); what the model serves: posthoc_adjustment. 0: plain cross-entropy",
     )
     posthoc_adjustment: float = Field(
-        0.25, ge=0,
+        0.0, ge=0,
         description="classification: the served model predicts argmax f(x) − τ·log π (Menon et al. 2021's post-hoc "
         "logit adjustment, with the prior released for training: no further privacy cost), folded into the head's "
         "bias in every evaluation and the saved adapter; the checkpoint and the clients keep f. 0: predict with f(x)",
@@ -526,7 +526,6 @@ FORMER_DEFAULTS = {  # key -> how runs saved before the key existed behaved
     ("model", "base_dropout"): None,
     ("privacy", "head_clip_share"): None,
     ("federation", "logit_adjustment"): 0.0,
-    ("federation", "posthoc_adjustment"): 0.0,
 }
 
 
@@ -534,8 +533,7 @@ def with_former_defaults(tree: dict) -> dict:
     """A run's saved recipe that predates a key whose default changed ran with the former
     behaviour: fill it in, so the run resumes and evaluates as it trained (``model.base_dropout``:
     runs before it kept the checkpoint's dropout; ``privacy.head_clip_share``: they clipped jointly;
-    ``federation.logit_adjustment``: they trained on plain cross-entropy; ``federation.posthoc_adjustment``:
-    they served f(x))."""
+    ``federation.logit_adjustment``: they trained on plain cross-entropy)."""
     for (section, key), value in FORMER_DEFAULTS.items():
         options = tree.get(section)
         if isinstance(options, dict) and key not in options:

@@ -106,7 +106,7 @@ def test_the_prior_is_paid_from_the_target_and_the_total_stays_within_it():
     assert uses_label_prior(recipe) and prior_epsilon_of(recipe) == 0.2
     sizes = [300, 120, 500]
     plan = SampleLevelPlan.for_recipe(recipe, sizes)
-    without = SampleLevelPlan.for_recipe(default_recipe("federation.logit_adjustment=0", "federation.posthoc_adjustment=0"), sizes)
+    without = SampleLevelPlan.for_recipe(default_recipe("federation.logit_adjustment=0"), sizes)
     plan.clients[0].steps = plan.planned_steps
     assert plan.epsilon_of(0) < 5.81  # not yet released
     plan.prior_released = True
@@ -125,7 +125,7 @@ def test_only_sample_level_pays_and_client_level_trains_plain_with_a_note():
     assert not uses_label_prior(client) and prior_epsilon_of(client) == 0.0
     notes = build_policy(client, [100] * 6).notes()
     assert any("logit_adjustment" in note for note in notes)
-    assert not uses_label_prior(default_recipe("federation.logit_adjustment=0", "federation.posthoc_adjustment=0"))
+    assert not uses_label_prior(default_recipe("federation.logit_adjustment=0"))
 
 
 def test_a_prior_that_takes_the_whole_budget_is_refused(tiny_recipe):
@@ -177,25 +177,17 @@ def test_runs_saved_before_the_key_trained_on_plain_cross_entropy():
     assert parse_recipe(tree).federation.logit_adjustment == 0.0
 
 
-def test_runs_saved_before_the_posthoc_key_served_f():
-    from fedlora_cli.recipe import with_former_defaults
-
-    tree = with_former_defaults({"federation": {"clients": 4}, "privacy": {"level": "sample"}})
-    assert parse_recipe(tree).federation.posthoc_adjustment == 0.0
-    assert default_recipe().federation.posthoc_adjustment == 0.25
-
-
 def test_posthoc_alone_releases_the_prior_and_its_tau_costs_nothing_more():
     """The served adjustment is post-processing of the released prior: the plan (noise, epsilon)
     is the same for any τ' > 0, and a run with only τ' still pays ε_π once."""
     sizes = [300, 120, 500]
     only_posthoc = default_recipe("federation.logit_adjustment=0", "federation.posthoc_adjustment=0.25")
     assert uses_label_prior(only_posthoc) and prior_epsilon_of(only_posthoc) == only_posthoc.privacy.prior_epsilon
-    assert not uses_label_prior(default_recipe("federation.logit_adjustment=0", "federation.posthoc_adjustment=0"))
+    assert not uses_label_prior(default_recipe("federation.logit_adjustment=0"))
     plans = [SampleLevelPlan.for_recipe(default_recipe(f"federation.posthoc_adjustment={tau}"), sizes) for tau in (0.25, 1, 3)]
     assert len({tuple(b.noise_multiplier for b in plan.clients) for plan in plans}) == 1
-    notes = build_policy(default_recipe("privacy.level=client", "privacy.target_epsilon=6"), [100] * 6).notes()
-    assert any("posthoc_adjustment=0.25" in note for note in notes)
+    client = default_recipe("privacy.level=client", "privacy.target_epsilon=6", "federation.posthoc_adjustment=0.25")
+    assert any("logit_adjustment=0.5 and federation.posthoc_adjustment=0.25" in note for note in build_policy(client, [100] * 6).notes())
 
 
 def test_the_served_state_takes_the_offset_from_the_head_bias_only(tiny_model_dir):

@@ -23,8 +23,7 @@ def recipe(level: str, **privacy) -> Recipe:
             "model": {"name": "unused", "rank": 4},
             "method": {"name": "fedavg"},
             # no label prior: these tests check DP-SGD's charges alone (tests/test_logit_adjustment.py adds it)
-            "federation": {"clients": 4, "clients_per_round": 2, "rounds": 5, "local_steps": 3, "batch_size": 8, "logit_adjustment": 0,
-                           "posthoc_adjustment": 0},
+            "federation": {"clients": 4, "clients_per_round": 2, "rounds": 5, "local_steps": 3, "batch_size": 8, "logit_adjustment": 0},
             "privacy": {"level": level, "delta": DELTA, "target_epsilon": None, "noise_multiplier": 1.1, **privacy}
             if level != "none"
             else {"level": "none"},

@@ -21,7 +21,7 @@ runner = CliRunner()
 
 UNPLANNABLE = {
     "below the rdp floor": (
-        ["privacy.target_epsilon=0.01", "federation.logit_adjustment=0", "federation.posthoc_adjustment=0"],  # else the label prior's share is refused first
+        ["privacy.target_epsilon=0.01", "federation.logit_adjustment=0"],  # else the label prior's share is refused first
         "privacy.target_epsilon=0.01: cannot be reached",
     ),
     "count noise too small": (
@@ -63,7 +63,7 @@ def test_validate_does_not_call_it_ok(tiny_recipe, case):
 def test_train_refuses_before_creating_the_run_directory_and_a_retry_works(tiny_recipe, tmp_path):
     out = tmp_path / "run"
     bad = runner.invoke(
-        app, ["train", str(tiny_recipe), "privacy.target_epsilon=0.01", "federation.logit_adjustment=0", "federation.posthoc_adjustment=0", "--out", str(out), "--json"]
+        app, ["train", str(tiny_recipe), "privacy.target_epsilon=0.01", "federation.logit_adjustment=0", "--out", str(out), "--json"]
     )
     assert bad.exit_code == 2
     assert "privacy.target_epsilon=0.01" in bad.stderr and "raise the target or delta" in bad.stderr

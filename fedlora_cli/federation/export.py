@@ -77,7 +77,7 @@ def collapse_warning(summary: dict) -> str:
     remedies = ", ".join([
         "more examples per client" + (noise if level == "sample" else ""),
         *(["a larger privacy.target_epsilon"] if level != "none" else []),
-        *(["and with rare classes a larger federation.posthoc_adjustment (0.5) or federation.logit_adjustment=1, "
+        *(["and with rare classes federation.posthoc_adjustment=0.5 or federation.logit_adjustment=1, "
            "which trade accuracy for answers on them"] if level != "client" else []),  # client level has no prior
     ])
     return (

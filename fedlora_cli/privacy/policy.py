@@ -217,11 +217,12 @@ class ClientLevel(PrivacyPolicy):
                 "note: privacy.level=client averages client updates uniformly (sensitivity C/m); "
                 f"federation.client_weighting={self.fed.client_weighting} is not used"
             )
-        if self.recipe.task == "classification" and (self.fed.logit_adjustment > 0 or self.fed.posthoc_adjustment > 0):
+        adjustments = [f"federation.{key}={value}" for key, value in
+                       (("logit_adjustment", self.fed.logit_adjustment), ("posthoc_adjustment", self.fed.posthoc_adjustment)) if value > 0]
+        if self.recipe.task == "classification" and adjustments:
             notes.append(
-                "note: privacy.level=client trains on plain cross-entropy and serves f(x): federation.logit_adjustment="
-                f"{self.fed.logit_adjustment} and federation.posthoc_adjustment={self.fed.posthoc_adjustment} need a label "
-                "prior, and a client-level private one (a whole client's histogram per unit) is too noisy to use"
+                f"note: privacy.level=client trains on plain cross-entropy and serves f(x): {' and '.join(adjustments)} "
+                "need a label prior, and a client-level private one (a whole client's histogram per unit) is too noisy to use"
             )
         return notes
 

@@ -202,7 +202,21 @@ def test_the_served_state_takes_the_offset_from_the_head_bias_only(tiny_model_di
     assert torch.allclose(served[bias], state[bias] + torch.tensor([0.1, 1.0, 2.5]))
     assert all(served[k] is state[k] for k in state if k != bias)  # nothing else changes, state is not edited
     assert served_state(state, bias, None) is state and served_state(state, None, [0.0, 1.0, 2.0]) is state
-    assert head_bias_name({"score.modules_to_save.default.weight": torch.zeros(3, 8)}, 3) is None  # decoders' head
+
+
+
+def test_a_decoder_classifier_has_no_head_bias_to_adjust():
+    """GPT-2 / Llama sequence classifiers end in ``score``, a linear layer without bias: the run
+    serves f(x) and says so (FederatedRun notes)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    from fedlora_cli.models import adapter_state, head_bias_name
+
+    base = GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=100, num_labels=3))
+    model = get_peft_model(base, LoraConfig(task_type=TaskType.SEQ_CLS, r=2, target_modules=["c_attn"]))
+    state = adapter_state(model)
+    assert any("score" in name for name in state) and head_bias_name(state, 3) is None
 
 
 @pytest.mark.parametrize("tau", [0.0, 1.0])

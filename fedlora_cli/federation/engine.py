@@ -195,6 +195,7 @@ class FederatedRun:
         return tuple(logit_offset(torch.tensor(counts, dtype=torch.float64), tau, floor))
 
     def _notes(self) -> list[str]:
+        """What the recipe asks for that this model cannot do."""
         if self.head_bias is None and self.fed.posthoc_adjustment > 0 and uses_label_prior(self.recipe):
             return [
                 f"note: federation.posthoc_adjustment={self.fed.posthoc_adjustment} is not applied: the classifier head "

@@ -204,7 +204,6 @@ def test_the_served_state_takes_the_offset_from_the_head_bias_only(tiny_model_di
     assert served_state(state, bias, None) is state and served_state(state, None, [0.0, 1.0, 2.0]) is state
 
 
-
 def test_a_decoder_classifier_has_no_head_bias_to_adjust():
     """GPT-2 / Llama sequence classifiers end in ``score``, a linear layer without bias: the run
     serves f(x) and says so (FederatedRun notes)."""
@@ -243,7 +242,7 @@ def test_the_served_model_predicts_f_minus_tau_log_prior_and_the_checkpoint_keep
     bias = head_bias_name(trained, 3)
     served_bias = dict(model.named_parameters())[bias].detach()
     assert torch.allclose(served_bias, trained[bias] - offset.float(), atol=1e-6)
-    train, test = load_task_datasets(target.recipe)
+    _, test = load_task_datasets(target.recipe)
     data = get_task(target.recipe, load_tokenizer(target.recipe.model.name)).tokenize(test)
     served_logits = predict_logits(model, data)
     load_adapter_state(model, trained)  # f itself

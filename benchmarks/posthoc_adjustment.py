@@ -28,14 +28,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from fedlora_cli.federation.artifacts import load_adapter_model, resolve_target  # noqa: E402
 from fedlora_cli.federation.evaluate import collapsed, predict_logits, scores  # noqa: E402
 from fedlora_cli.models import load_tokenizer  # noqa: E402
-from fedlora_cli.privacy.label_prior import logit_offset, noise_std  # noqa: E402
+from fedlora_cli.privacy.label_prior import prior_offset  # noqa: E402
 from fedlora_cli.tasks import get_task, load_task_datasets  # noqa: E402
-
-
-def log_prior(summary: dict, clients: int) -> torch.Tensor:
-    """``log π`` as the run used it: its released counts, floored at the noise's standard deviation."""
-    floor = noise_std(summary.get("prior_epsilon") or None, clients)
-    return torch.tensor(logit_offset(torch.tensor(summary["label_counts"], dtype=torch.float64), 1.0, floor))
 
 
 def trained_logits(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -49,7 +43,7 @@ def trained_logits(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     task = get_task(recipe, load_tokenizer(recipe.model.name))
     model = load_adapter_model(recipe, target.adapter_dir, len(test.label_names))
     data = task.tokenize(test)
-    prior = log_prior(summary, recipe.federation.clients).float()
+    prior = torch.tensor(prior_offset(summary["label_counts"], 1.0, summary.get("prior_epsilon"), recipe.federation.clients))
     return predict_logits(model, data) + recipe.federation.posthoc_adjustment * prior, data.labels, prior
 
 

@@ -80,14 +80,14 @@ def _non_finite_privacy(recipe: Recipe) -> list[str]:
 
 def _prior_over_budget(recipe: Recipe) -> list[str]:
     """The label prior's share must leave DP-SGD some of ``target_epsilon``."""
-    from fedlora_cli.privacy.label_prior import prior_epsilon_of
+    from fedlora_cli.privacy.label_prior import adjustments, prior_epsilon_of
 
     prior, target = prior_epsilon_of(recipe), recipe.privacy.target_epsilon
     if not prior or target is None or prior < target:
         return []
     return [
         f"privacy.prior_epsilon={prior} leaves nothing of privacy.target_epsilon={target} for DP-SGD; "
-        f"lower it (e.g. privacy.prior_epsilon={target / 60:.3g}) or set federation.logit_adjustment=0 and federation.posthoc_adjustment=0"
+        f"lower it (e.g. privacy.prior_epsilon={target / 60:.3g}) or set {' and '.join(f'federation.{key}=0' for key in adjustments(recipe))}"
     ]
 
 

@@ -43,7 +43,7 @@ from fedlora_cli.federation.precision import resolve_precision
 from fedlora_cli.federation.run_dir import RunDir
 from fedlora_cli.methods.base import tensor_bytes
 from fedlora_cli.models import adapter_state, head_bias_name, load_adapter_state
-from fedlora_cli.privacy.label_prior import logit_offset, noise_std, served_state, uses_label_prior
+from fedlora_cli.privacy.label_prior import prior_offset, served_state, uses_label_prior
 from fedlora_cli.privacy.policy import build_policy
 from fedlora_cli.seeding import derive_seed
 
@@ -191,8 +191,7 @@ class FederatedRun:
         )
         if tau == 0:
             return None
-        floor = noise_std(self.policy.prior_noise_epsilon, len(self.exp.client_indices))
-        return tuple(logit_offset(torch.tensor(counts, dtype=torch.float64), tau, floor))
+        return tuple(prior_offset(counts, tau, self.policy.prior_noise_epsilon, len(self.exp.client_indices)))
 
     def _notes(self) -> list[str]:
         """What the recipe asks for that this model cannot do."""

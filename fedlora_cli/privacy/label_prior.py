@@ -73,13 +73,24 @@ def logit_offset(counts: torch.Tensor, tau: float, floor: float = 1.0) -> list[f
     return [tau * math.log(float(c / floored.sum())) for c in floored]
 
 
+def prior_offset(counts: list[float], tau: float, prior_epsilon: float | None, clients: int) -> list[float]:
+    """``τ·log π`` from a run's released ``counts``: :func:`logit_offset` with the floor at the
+    summed noise's standard deviation (``prior_epsilon`` None or 0: exact counts, floor 1)."""
+    return logit_offset(torch.tensor(counts, dtype=torch.float64), tau, noise_std(prior_epsilon or None, clients))
+
+
+def adjustments(recipe: Recipe) -> dict[str, float]:
+    """The logit adjustments a recipe turns on (``federation.<key>``: τ > 0), training and post hoc."""
+    fed = recipe.federation
+    return {key: tau for key, tau in (("logit_adjustment", fed.logit_adjustment), ("posthoc_adjustment", fed.posthoc_adjustment)) if tau > 0}
+
+
 def uses_label_prior(recipe: Recipe) -> bool:
     """Whether a run releases a label prior: a classification recipe with logit adjustment (in
     training or post hoc), at privacy level none (exact counts) or sample (noised counts). Client
     level has none: a client's whole histogram is its unit of privacy, too noisy to be of use with
     a handful of clients."""
-    adjusts = recipe.federation.logit_adjustment > 0 or recipe.federation.posthoc_adjustment > 0
-    return recipe.task == "classification" and adjusts and recipe.privacy.level != "client"
+    return recipe.task == "classification" and bool(adjustments(recipe)) and recipe.privacy.level != "client"
 
 
 def served_state(state: dict[str, torch.Tensor], head_bias: str | None, offset: list[float] | None) -> dict[str, torch.Tensor]:

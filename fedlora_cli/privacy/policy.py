@@ -34,7 +34,7 @@ import torch
 from fedlora_cli.federation.client import ClientNoise
 from fedlora_cli.methods.base import State
 from fedlora_cli.privacy.client_level import EPSILON_SCOPE, ClientLevelDP, noise_generator
-from fedlora_cli.privacy.label_prior import noised_label_counts
+from fedlora_cli.privacy.label_prior import adjustments, noised_label_counts
 from fedlora_cli.privacy.sample_level import SampleLevelPlan
 from fedlora_cli.recipe import Recipe
 from fedlora_cli.seeding import derive_seed
@@ -217,11 +217,10 @@ class ClientLevel(PrivacyPolicy):
                 "note: privacy.level=client averages client updates uniformly (sensitivity C/m); "
                 f"federation.client_weighting={self.fed.client_weighting} is not used"
             )
-        adjustments = [f"federation.{key}={value}" for key, value in
-                       (("logit_adjustment", self.fed.logit_adjustment), ("posthoc_adjustment", self.fed.posthoc_adjustment)) if value > 0]
-        if self.recipe.task == "classification" and adjustments:
+        asked = [f"federation.{key}={tau}" for key, tau in adjustments(self.recipe).items()]
+        if self.recipe.task == "classification" and asked:
             notes.append(
-                f"note: privacy.level=client trains on plain cross-entropy and serves f(x): {' and '.join(adjustments)} "
+                f"note: privacy.level=client trains on plain cross-entropy and serves f(x): {' and '.join(asked)} "
                 "need a label prior, and a client-level private one (a whole client's histogram per unit) is too noisy to use"
             )
         return notes

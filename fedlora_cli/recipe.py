@@ -84,7 +84,7 @@ class DataConfig(Section):
     test_path: str | None = Field(None, description="separate test file; else test_fraction is held out")
     test_fraction: float = Field(0.2, gt=0, lt=1)
     split_seed: int = Field(0, ge=0, le=MAX_SEED)
-    max_length: int = Field(128, ge=8, le=4096, description="tokens per example (truncation)")
+    max_length: int = Field(64, ge=8, le=4096, description="tokens per example (truncation)")
     max_train_samples: int | None = Field(None, ge=1, description="use a seeded subset of the training set")
     max_test_samples: int | None = Field(None, ge=1, description="use a seeded subset of the test set")
 
@@ -93,22 +93,22 @@ class FederationConfig(Section):
     """The federated rounds."""
 
     clients: int = Field(6, ge=1)
-    clients_per_round: int = Field(3, ge=1)
+    clients_per_round: int = Field(6, ge=1)
     rounds: Rounds = Field(
-        5,
+        "auto",
         description="rounds to run, or auto: enough for `epochs` passes over the training set "
         f"(between {AUTO_ROUNDS_RANGE[0]} and {AUTO_ROUNDS_RANGE[1]} rounds; docs/learning.md, round 4)",
     )
     epochs: float = Field(
         8.0, gt=0, description="with rounds: auto, how many times the sampled clients' steps pass over the training set"
     )
-    local_steps: int = Field(10, ge=1, description="optimizer steps per sampled client per round")
+    local_steps: int = Field(5, ge=1, description="optimizer steps per sampled client per round")
     batch_size: int = Field(32, ge=1, description="expected batch size (Poisson sampling under DP)")
     microbatch_size: int = Field(
         16, ge=1, description="examples per forward pass: a batch runs as length-sorted chunks (same gradient, less padding)"
     )
-    lr: float = Field(0.5, gt=0, description="client learning rate of the LoRA factors")
-    head_lr: float | None = Field(None, gt=0, description="client learning rate of the classifier head (default: lr)")
+    lr: float = Field(0.1, gt=0, description="client learning rate of the LoRA factors")
+    head_lr: float | None = Field(1.0, gt=0, description="client learning rate of the classifier head (null: lr)")
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     clip_grad_norm: float | None = Field(
         1.0,
@@ -119,7 +119,7 @@ class FederationConfig(Section):
     momentum: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     seed: int = Field(0, ge=0, le=MAX_SEED)
-    eval_every: int = Field(1, ge=0, description="evaluate every N rounds (0: only at the end)")
+    eval_every: int = Field(4, ge=0, description="evaluate every N rounds (0: only at the end)")
     eval_batch_size: int = Field(64, ge=1)
     client_weighting: Literal["samples", "uniform"] = "samples"
     precision: Literal["auto", "float32", "bfloat16"] = Field(
@@ -145,12 +145,12 @@ class FederationConfig(Section):
         "bias in every evaluation and the saved adapter; the checkpoint and the clients keep f. 0: predict with f(x)",
     )
     server_optimizer: Literal["none", "sgd", "momentum", "adagrad", "adam", "yogi"] = Field(
-        "none",
+        "sgd",
         description="optimizer the server applies to the averaged update (sgd: FedAvg with server_lr; FedAvgM: momentum; "
         "FedAdagrad/FedAdam/FedYogi); "
         "post-processing, no privacy cost",
     )
-    server_lr: float = Field(1.0, gt=0, description="server optimizer: step size η on the averaged update")
+    server_lr: float = Field(2.0, gt=0, description="server optimizer: step size η on the averaged update")
     server_momentum: float = Field(0.9, ge=0, lt=1, description="server optimizer: β (momentum) / β1 (adaptive)")
     server_beta2: float = Field(0.99, gt=0, lt=1, description="server optimizer adam/yogi: β2")
     server_tau: float = Field(1e-3, gt=0, description="server optimizer adagrad/adam/yogi: τ, the adaptivity floor")
@@ -371,11 +371,15 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _server_optimizer_keeps_method(self) -> "Recipe":
-        """A server optimizer must act on what the method averages without breaking its equation."""
+        """A server optimizer must act on what the method averages without breaking its equation.
+        A method that folds its update into the frozen weights gets none unless the recipe asks for one."""
         optimizer, method = self.federation.server_optimizer, self.method.name
         if optimizer == "none":
             return self
         if METHODS.get(method).modifies_base:
+            if "server_optimizer" not in self.federation.model_fields_set:
+                self.federation.server_optimizer = "none"
+                return self
             keeps_base = "/".join(name for name in METHODS.names() if not METHODS.get(name).modifies_base)
             raise ValueError(
                 f"federation.server_optimizer={optimizer} with method {method}: {method} folds each round's "
@@ -523,7 +527,11 @@ def without_foreign_options(tree: dict) -> dict:
 
 
 FORMER_DEFAULTS = {  # key -> how runs saved before the key existed behaved
+    ("model", "pooling"): "cls",
     ("model", "base_dropout"): None,
+    ("federation", "head_lr"): None,
+    ("federation", "server_optimizer"): "none",
+    ("federation", "server_lr"): 1.0,
     ("privacy", "head_clip_share"): None,
     ("federation", "logit_adjustment"): 0.0,
 }
@@ -531,8 +539,10 @@ FORMER_DEFAULTS = {  # key -> how runs saved before the key existed behaved
 
 def with_former_defaults(tree: dict) -> dict:
     """A run's saved recipe that predates a key whose default changed ran with the former
-    behaviour: fill it in, so the run resumes and evaluates as it trained (``model.base_dropout``:
-    runs before it kept the checkpoint's dropout; ``privacy.head_clip_share``: they clipped jointly;
+    behaviour: fill it in, so the run resumes and evaluates as it trained (``model.pooling``: runs
+    before it read the CLS pooler; ``model.base_dropout``: they kept the checkpoint's dropout;
+    ``federation.head_lr``, ``server_optimizer``, ``server_lr``: the head stepped at ``lr`` and the
+    server took the plain mean; ``privacy.head_clip_share``: they clipped jointly;
     ``federation.logit_adjustment``: they trained on plain cross-entropy)."""
     for (section, key), value in FORMER_DEFAULTS.items():
         options = tree.get(section)

@@ -227,7 +227,7 @@ def test_gsm8k_answers_read_the_number_after_the_marks_else_the_last_number():
         ({"task": "causal_lm", "model": {"train_head": True}}, "model.train_head"),
         ({"task": "causal_lm", "data": {"label_column": "y"}}, "data.label_column"),
         ({"task": "causal_lm", "model": {"pooling": "mean"}}, "model.pooling"),
-        ({"task": "causal_lm", "federation": {"head_lr": 1.0}}, "federation.head_lr"),
+        ({"task": "causal_lm", "federation": {"head_lr": 0.5}}, "federation.head_lr"),
         ({"task": "causal_lm", "partition": {"method": "dirichlet"}}, "partition.method=dirichlet"),
         ({"causal_lm": {"prompt_column": "q"}}, "causal_lm: settings for task causal_lm"),
         ({"task": "causal_lm", "causal_lm": {"prompt_template": "Question:"}}, "causal_lm.prompt_template: must contain {prompt}"),

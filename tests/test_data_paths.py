@@ -17,7 +17,7 @@ from fedlora_cli.validate import check_recipe
 def recipe_in(folder: Path, data: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "r.yaml"
-    path.write_text(yaml.safe_dump({"data": data, "privacy": {"level": "none"}}), encoding="utf-8")
+    path.write_text(yaml.safe_dump({"data": data, "partition": {"min_samples": 8}, "privacy": {"level": "none"}}), encoding="utf-8")
     return path
 
 

@@ -173,7 +173,7 @@ def test_the_offset_travels_over_the_flower_wire():
 def test_runs_saved_before_the_key_trained_on_plain_cross_entropy():
     from fedlora_cli.recipe import with_former_defaults
 
-    tree = with_former_defaults({"federation": {"clients": 4}, "privacy": {"level": "sample"}})
+    tree = with_former_defaults({"federation": {"clients": 4, "clients_per_round": 2}, "privacy": {"level": "sample"}})
     assert parse_recipe(tree).federation.logit_adjustment == 0.0
 
 

@@ -38,6 +38,7 @@ def make(tiny_model_dir: str, method: str, train_head: bool = True, **options):
                 "train_head": train_head,
             },
             "method": {"name": method, **options},
+            "federation": {"server_optimizer": "none"},  # the method's own equation, no server step
             "privacy": {"level": "none"},
         }
     )
@@ -375,6 +376,7 @@ def make_decoder(kind: str, method_name: str):
         {
             "model": {"name": kind, "rank": RANK, "alpha": 8, "target_modules": DECODER_TARGETS[kind], "train_head": False},
             "method": {"name": method_name},
+            "federation": {"server_optimizer": "none"},  # the method's own equation, no server step
             "privacy": {"level": "none"},
         }
     )

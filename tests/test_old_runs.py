@@ -52,3 +52,17 @@ def test_a_run_saved_before_head_clip_share_keeps_clipping_jointly(tmp_path):
     path.write_text(yaml.safe_dump(saved, sort_keys=False), encoding="utf-8")
     assert load_recipe(str(path), saved=True).privacy.head_clip_share is None  # one joint clip, as it trained
     assert load_recipe(str(path)).privacy.head_clip_share == 0.95  # a user's recipe gets today's default
+
+
+def test_a_run_saved_before_pooling_head_lr_and_server_steps_keeps_what_it_trained_with(tmp_path):
+    """Runs saved before 2026-11-30 had none of these keys: the CLS pooler, the head at lr, the plain mean."""
+    saved = yaml.safe_load(dump_recipe(load_recipe("default")))
+    del saved["model"]["pooling"]
+    for key in ("head_lr", "server_optimizer", "server_lr"):
+        del saved["federation"][key]
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(saved, sort_keys=False), encoding="utf-8")
+    old = load_recipe(str(path), saved=True)
+    assert (old.model.pooling, old.federation.head_lr, old.federation.server_optimizer, old.federation.server_lr) == ("cls", None, "none", 1.0)
+    new = load_recipe(str(path))  # a user's recipe gets today's defaults
+    assert (new.model.pooling, new.federation.head_lr, new.federation.server_optimizer, new.federation.server_lr) == ("auto", 1.0, "sgd", 2.0)

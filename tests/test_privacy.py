@@ -147,6 +147,7 @@ def tiny_recipe_obj(model_dir: str, **privacy):
     tree = {
         "model": {"name": model_dir, "rank": 4, "alpha": 8, "target_modules": ["query", "value"]},
         "federation": {"clients": 4, "clients_per_round": 2, "rounds": 2, "local_steps": 1, "batch_size": 1, "lr": 1.0,
+                       "head_lr": None,  # the head steps at lr too: one learning rate in the equations below
                        "precision": "float32"},  # exact DP math against float32 references
         "method": {"name": "fedavg"},
         "privacy": {"level": "sample", "target_epsilon": None, "noise_multiplier": 0.0, **privacy},

@@ -36,6 +36,18 @@ def test_default_recipe_loads_with_the_documented_settings():
     assert recipe.model.base_dropout == 0.0
 
 
+def test_a_recipe_that_names_only_its_data_trains_with_the_builtin_defaults(tmp_path, tiny_csv):
+    """Every key a recipe leaves out takes the built-in default recipe's value (README, "Recipes"):
+    a user who writes only a data section gets the settings that were measured to learn, not an
+    older set (until 2026-12 the schema still said lr 0.5, 3 of 6 clients, 5 rounds, no server step)."""
+    data = {"source": str(tiny_csv), "text_column": "text", "label_column": "label"}
+    minimal = load_recipe(str(write(tmp_path, {"data": data})), ["data.test_fraction=0.2"]).resolved()
+    builtin = load_recipe("default", [f"data.source={tiny_csv}"]).resolved()
+    for section in ("model", "partition", "federation", "method", "privacy", "output"):
+        assert minimal[section] == builtin[section], section
+    assert {k: v for k, v in minimal["data"].items() if k != "source"} == {k: v for k, v in builtin["data"].items() if k != "source"}
+
+
 def test_overrides_use_dotted_keys_and_yaml_values():
     recipe = load_recipe(None, ["federation.rounds=3", "model.target_modules=[query]", "privacy.level=none"])
     assert recipe.federation.rounds == 3

@@ -23,7 +23,7 @@ class PartitionOptions(Options):
 
     method: str
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the split (the same seed gives the same clients)")
-    min_samples: int = Field(8, ge=1, description="every client gets at least this many examples")
+    min_samples: int = Field(32, ge=1, description="every client gets at least this many examples")
 
     #: what to change when a client gets fewer than min_samples
     min_samples_fix: ClassVar[str] = "lower partition.min_samples or federation.clients"

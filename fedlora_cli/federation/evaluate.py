@@ -68,10 +68,15 @@ def majority_baseline(train_labels, test_labels, num_labels: int) -> dict:
     return {"majority_class": majority, "majority_accuracy": share, "majority_macro_f1": 2 * share / (1 + share) / num_labels}
 
 
+def chance(classes_in_test: int) -> float:
+    """The balanced accuracy of any answer that ignores the text: 1/K over the K classes the test set has."""
+    return 1 / classes_in_test
+
+
 def text_blind(balanced_accuracy: float, classes_in_test: int) -> bool:
-    """Balanced accuracy within a point of chance, 1/K over the K classes the test set has: the
-    model learned nothing a text-blind answer does not give."""
-    return balanced_accuracy <= 1 / classes_in_test + COLLAPSE_MARGIN
+    """Balanced accuracy within a point of :func:`chance`: the model learned nothing a text-blind
+    answer does not give."""
+    return balanced_accuracy <= chance(classes_in_test) + COLLAPSE_MARGIN
 
 
 def collapsed(result: dict) -> bool:

@@ -8,7 +8,7 @@ from fedlora_cli.errors import RunError
 from fedlora_cli.federation.artifacts import load_adapter_model
 from fedlora_cli.federation.checkpoint import RunState
 from fedlora_cli.federation.experiment import Experiment
-from fedlora_cli.federation.evaluate import collapse_verdict
+from fedlora_cli.federation.evaluate import chance, collapse_verdict
 from fedlora_cli.federation.run_dir import RunDir
 from fedlora_cli.methods.base import State
 from fedlora_cli.models import load_adapter_state
@@ -83,7 +83,7 @@ def collapse_warning(summary: dict) -> str:
     return (
         f"warning: the final model {collapse_verdict(summary['final_balanced_accuracy'], summary['classes_in_test'])}: "
         f"balanced accuracy {summary['final_balanced_accuracy']:.4f} "
-        f"({1 / summary['classes_in_test']:.4f} by chance), one class for {max(counts) / sum(counts):.0%} of the test set "
+        f"({chance(summary['classes_in_test']):.4f} by chance), one class for {max(counts) / sum(counts):.0%} of the test set "
         f"(predicted counts {counts}); accuracy {summary['final_accuracy']:.4f} vs "
         f"{summary['majority_accuracy']:.4f} for always answering the majority class, macro-F1 "
         f"{summary['final_macro_f1']:.4f}. "

@@ -41,7 +41,7 @@ def test_a_recipe_that_names_only_its_data_trains_with_the_builtin_defaults(tmp_
     a user who writes only a data section gets the settings that were measured to learn, not an
     older set (until 2026-12 the schema still said lr 0.5, 3 of 6 clients, 5 rounds, no server step)."""
     data = {"source": str(tiny_csv), "text_column": "text", "label_column": "label"}
-    minimal = load_recipe(str(write(tmp_path, {"data": data})), ["data.test_fraction=0.2"]).resolved()
+    minimal = load_recipe(str(write(tmp_path, {"data": data}))).resolved()
     builtin = load_recipe("default", [f"data.source={tiny_csv}"]).resolved()
     for section in ("model", "partition", "federation", "method", "privacy", "output"):
         assert minimal[section] == builtin[section], section

@@ -53,7 +53,7 @@ from suite import task_overrides  # noqa: E402
 from fedlora_cli.data.partition import partition  # noqa: E402
 from fedlora_cli.federation.evaluate import collapsed, scores  # noqa: E402
 from fedlora_cli.privacy.accountants import calibrate_noise  # noqa: E402
-from fedlora_cli.privacy.label_prior import noised_label_counts, noise_std, prior_epsilon_of, prior_offset  # noqa: E402
+from fedlora_cli.privacy.label_prior import logit_offset, noised_label_counts, noise_std, prior_epsilon_of, prior_offset  # noqa: E402
 from fedlora_cli.recipe import Recipe, load_recipe  # noqa: E402
 
 
@@ -89,12 +89,6 @@ def head_steps(w, x, y, steps, lr, sample_rate, noise, clip, dp, generator, offs
     return w
 
 
-def log_prior(counts: torch.Tensor, floor: float) -> torch.Tensor:
-    """``log π`` of (noised) counts floored at ``floor`` (as :func:`~fedlora_cli.privacy.label_prior.logit_offset`)."""
-    floored = counts.clamp(min=max(1.0, floor))
-    return (floored / floored.sum()).log().float()
-
-
 def proxy_run(features: dict, recipe: Recipe, client_prior: float = 0.0) -> dict:
     """One federated run of the head alone with ``recipe``'s settings; test scores of the served head
     (``client_prior``: λ of the module docstring)."""
@@ -114,9 +108,9 @@ def proxy_run(features: dict, recipe: Recipe, client_prior: float = 0.0) -> dict
     prior_noise = prior_epsilon_of(recipe) or None  # ε of each client's noise on its counts (None: exact)
     client_counts = [noised_label_counts([y[part].numpy()], num_labels, prior_noise, generator) for part in parts]
     counts = torch.stack(client_counts).sum(0)
-    offset = torch.tensor(prior_offset(counts.tolist(), fed.logit_adjustment, prior_noise, len(parts)), dtype=torch.float32)
-    global_log_prior = log_prior(counts, noise_std(prior_noise, len(parts)))
-    offsets = [offset + client_prior * (log_prior(c, noise_std(prior_noise, 1)) - global_log_prior) for c in client_counts]
+    log_prior = torch.tensor(prior_offset(counts.tolist(), 1.0, prior_noise, len(parts)))  # log π, as fedlora floors it
+    client_log_priors = [torch.tensor(logit_offset(c, 1.0, noise_std(prior_noise, 1))) for c in client_counts]
+    offsets = [fed.logit_adjustment * log_prior + client_prior * (log_pi_k - log_prior) for log_pi_k in client_log_priors]
     w = torch.zeros(num_labels, x.shape[1] + 1)
     for _ in range(rounds):
         update = torch.zeros_like(w)
@@ -125,7 +119,7 @@ def proxy_run(features: dict, recipe: Recipe, client_prior: float = 0.0) -> dict
             update += float(size / sizes.sum()) * (local - w)
         w += (fed.server_lr if fed.server_optimizer == "sgd" else 1.0) * update
     x_test = torch.cat([features["x_test"], torch.ones(len(features["x_test"]), 1)], dim=1)
-    served = x_test @ w.T - fed.posthoc_adjustment * global_log_prior
+    served = x_test @ w.T - fed.posthoc_adjustment * log_prior
     return scores(served, features["y_test"], num_labels)
 
 

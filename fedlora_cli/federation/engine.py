@@ -185,10 +185,12 @@ class FederatedRun:
         sample level; :mod:`fedlora_cli.privacy.label_prior`)."""
         if not uses_label_prior(self.recipe):
             return None
-        labels = np.asarray(self.exp.train.labels)
-        counts = self.policy.release_label_counts(
-            [labels[indices] for indices in self.exp.client_indices], len(self.exp.label_names), derive_seed(self.fed.seed, "label-prior")
-        )
+        counts = self.policy.label_counts
+        if counts is None:
+            labels = np.asarray(self.exp.train.labels)
+            counts = self.policy.release_label_counts(
+                [labels[indices] for indices in self.exp.client_indices], len(self.exp.label_names), derive_seed(self.fed.seed, "label-prior")
+            )
         if tau == 0:
             return None
         return tuple(prior_offset(counts, tau, self.policy.prior_noise_epsilon, len(self.exp.client_indices)))

@@ -109,6 +109,11 @@ class FederationConfig(Section):
     )
     lr: float = Field(0.1, gt=0, description="client learning rate of the LoRA factors")
     head_lr: float | None = Field(1.0, gt=0, description="client learning rate of the classifier head (null: lr)")
+    lr_schedule: Literal["constant", "cosine", "linear"] = Field(
+        "constant",
+        description="the LoRA factors' learning rate over the rounds: lr·s(t) in round t of T, s = 1 (constant), "
+        "½(1+cos(πt/T)) (cosine) or 1−t/T (linear); the head keeps head_lr (docs/learning.md, round 14)",
+    )
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     clip_grad_norm: float | None = Field(
         1.0,

@@ -48,11 +48,15 @@ class LocalResult:
     examples: int
 
 
-def make_optimizer(named_params: list[tuple[str, torch.nn.Parameter]], cfg: FederationConfig) -> torch.optim.Optimizer:
-    """The client optimizer: LoRA factors at ``lr``, the classifier head at ``head_lr`` (default ``lr``)."""
+def make_optimizer(
+    named_params: list[tuple[str, torch.nn.Parameter]], cfg: FederationConfig, lora_lr_scale: float = 1.0
+) -> torch.optim.Optimizer:
+    """The client optimizer: LoRA factors at ``lr · lora_lr_scale`` (the round's ``s(t)``,
+    :mod:`~fedlora_cli.federation.lr_schedule`), the classifier head at ``head_lr`` (default ``lr``)."""
     head_lr = cfg.head_lr if cfg.head_lr is not None else cfg.lr
+    lora_lr = cfg.lr * lora_lr_scale
     groups = [  # "part" names the group for split clipping (dp_optimizer)
-        {"params": [p for name, p in named_params if not is_head_parameter(name)], "lr": cfg.lr, "part": "lora"},
+        {"params": [p for name, p in named_params if not is_head_parameter(name)], "lr": lora_lr, "part": "lora"},
         {"params": [p for name, p in named_params if is_head_parameter(name)], "lr": head_lr, "part": "head"},
     ]
     groups = [group for group in groups if group["params"]]
@@ -139,16 +143,23 @@ class LocalTrainer:
         self.forward_model = GradSampleModule(model, loss_reduction="mean") if private else model
 
     def train(
-        self, data: TokenizedDataset, steps: int, seed: int, noise: ClientNoise | None, logit_offset: tuple[float, ...] | None = None
+        self,
+        data: TokenizedDataset,
+        steps: int,
+        seed: int,
+        noise: ClientNoise | None,
+        logit_offset: tuple[float, ...] | None = None,
+        lora_lr_scale: float = 1.0,
     ) -> LocalResult:
         """Run ``steps`` optimizer steps on ``data``; randomness depends only on ``seed``.
-        ``logit_offset`` (classification): train on the logit-adjusted loss with this ``τ·log π``."""
+        ``logit_offset`` (classification): train on the logit-adjusted loss with this ``τ·log π``;
+        ``lora_lr_scale``: the round's factor on the LoRA factors' lr (``federation.lr_schedule``)."""
         loss = self.loss
         if logit_offset is not None:
             loss = partial(self.loss, logit_offset=torch.tensor(logit_offset, dtype=torch.float32, device=self.device))
         # under secure_mode the Poisson batches are secret too (amplification by sampling needs it)
         batch_generator = noise_generator(noise is not None and noise.secure_mode, derive_seed(seed, "batches"))
-        optimizer = make_optimizer(list(zip(self.names, self.params)), self.cfg)
+        optimizer = make_optimizer(list(zip(self.names, self.params)), self.cfg, lora_lr_scale)
         if noise is not None:
             optimizer = dp_optimizer(
                 optimizer,

@@ -29,7 +29,8 @@ class ClientTask:
 
     ``seed`` is ``derive_seed(run seed, round, client)``; ``noise`` is the client's DP-SGD setting
     (None without sample-level DP); ``logit_offset`` is ``τ·log π`` of logit-adjusted training
-    (None: plain cross-entropy). All are chosen by the server, so every runtime trains the client
+    (None: plain cross-entropy); ``lora_lr_scale`` is the round's factor ``s(t)`` on the LoRA
+    factors' learning rate (:mod:`~fedlora_cli.federation.lr_schedule`). All are chosen by the server, so every runtime trains the client
     identically.
     """
 
@@ -37,6 +38,7 @@ class ClientTask:
     seed: int
     noise: ClientNoise | None
     logit_offset: tuple[float, ...] | None = None
+    lora_lr_scale: float = 1.0
 
 
 @dataclass
@@ -69,6 +71,6 @@ class InProcessClients:
         for task in tasks:
             load_adapter_state(self.trainer.model, global_state)
             results[task.client] = self.trainer.train(
-                self.client_data[task.client], self.local_steps, task.seed, task.noise, task.logit_offset
+                self.client_data[task.client], self.local_steps, task.seed, task.noise, task.logit_offset, task.lora_lr_scale
             )
         return ClientReplies(results)

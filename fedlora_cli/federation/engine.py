@@ -38,6 +38,7 @@ from fedlora_cli.federation.clients import ClientReplies, ClientRunner, ClientTa
 from fedlora_cli.federation.experiment import Experiment
 from fedlora_cli.federation.export import collapse_warning, export_adapter, summarize
 from fedlora_cli.federation.interrupts import interrupts_deferred
+from fedlora_cli.federation.lr_schedule import lora_lr_scale
 from fedlora_cli.device import model_device
 from fedlora_cli.federation.precision import resolve_precision
 from fedlora_cli.federation.run_dir import RunDir
@@ -160,7 +161,10 @@ class FederatedRun:
     def _train_clients(self, round_index: int, sampled: list[int]) -> dict[int, LocalResult]:
         """The results of the sampled clients that answered, all finite; RunError when too few answered."""
         offset = self._logit_offset(self.fed.logit_adjustment)  # the label counts are released before the first round that trains
-        tasks = [ClientTask(k, derive_seed(self.fed.seed, round_index, k), self.policy.noise_for(k), offset) for k in sampled]
+        lr_scale = lora_lr_scale(self.fed.lr_schedule, round_index, self.fed.rounds)
+        tasks = [
+            ClientTask(k, derive_seed(self.fed.seed, round_index, k), self.policy.noise_for(k), offset, lr_scale) for k in sampled
+        ]
         base = {m.name: m.base_weight for m in self.method.modules} if self.method.modifies_base else None
         replies = self.clients.train(round_index, tasks, self.global_state, base) if tasks else ClientReplies({})
         for note in replies.notes:

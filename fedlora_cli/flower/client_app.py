@@ -87,6 +87,11 @@ def train_on_partition(content: RecordDict, partition_id: int, num_partitions: i
     noise = wire.noise_of(config)
     trainer = LocalTrainer(experiment.model, fed, private=noise is not None)
     result = trainer.train(
-        experiment.client_data[0], int(config["local-steps"]), int(config["seed"]), noise, wire.logit_offset_of(config)
+        experiment.client_data[0],
+        int(config["local-steps"]),
+        int(config["seed"]),
+        noise,
+        wire.logit_offset_of(config),
+        wire.lora_lr_scale_of(config),
     )
     return wire.train_reply(partition_id, result)

@@ -68,6 +68,8 @@ def train_request(
         )
         if task.noise.head_clip_share is not None:
             config["head-clip-share"] = task.noise.head_clip_share
+    if task.lora_lr_scale != 1.0:
+        config["lora-lr-scale"] = task.lora_lr_scale
     if task.logit_offset is not None:
         config["logit-offset"] = [float(v) for v in task.logit_offset]
     records = {GLOBAL: global_arrays, TASK: ConfigRecord(config)}
@@ -103,6 +105,11 @@ def noise_of(config: dict) -> ClientNoise | None:
 def logit_offset_of(config: dict) -> tuple[float, ...] | None:
     """The task's ``τ·log π`` (logit-adjusted training), or None for plain cross-entropy."""
     return tuple(float(v) for v in config["logit-offset"]) if "logit-offset" in config else None
+
+
+def lora_lr_scale_of(config: dict) -> float:
+    """The round's factor on the LoRA factors' lr (``federation.lr_schedule``); 1 when absent."""
+    return float(config.get("lora-lr-scale", 1.0))
 
 
 def train_reply(client: int, result: LocalResult) -> RecordDict:

@@ -112,7 +112,8 @@ class FederationConfig(Section):
     lr_schedule: Literal["constant", "cosine", "linear"] = Field(
         "constant",
         description="the LoRA factors' learning rate over the rounds: lr·s(t) in round t of T, s = 1 (constant), "
-        "½(1+cos(πt/T)) (cosine) or 1−t/T (linear); the head keeps head_lr (docs/learning.md, round 14)",
+        "½(1+cos(πt/T)) (cosine) or 1−t/T (linear); the head keeps head_lr, or lr when head_lr is null "
+        "(docs/learning.md, round 14)",
     )
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     clip_grad_norm: float | None = Field(

@@ -30,8 +30,8 @@ class ClientTask:
     ``seed`` is ``derive_seed(run seed, round, client)``; ``noise`` is the client's DP-SGD setting
     (None without sample-level DP); ``logit_offset`` is ``τ·log π`` of logit-adjusted training
     (None: plain cross-entropy); ``lora_lr_scale`` is the round's factor ``s(t)`` on the LoRA
-    factors' learning rate (:mod:`~fedlora_cli.federation.lr_schedule`). All are chosen by the server, so every runtime trains the client
-    identically.
+    factors' learning rate (:mod:`~fedlora_cli.federation.lr_schedule`). All are chosen by the
+    server, so every runtime trains the client identically.
     """
 
     client: int

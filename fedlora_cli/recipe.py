@@ -110,10 +110,10 @@ class FederationConfig(Section):
     lr: float = Field(0.1, gt=0, description="client learning rate of the LoRA factors")
     head_lr: float | None = Field(1.0, gt=0, description="client learning rate of the classifier head (null: lr)")
     lr_schedule: Literal["constant", "cosine", "linear"] = Field(
-        "constant",
+        "cosine",
         description="the LoRA factors' learning rate over the rounds: lr·s(t) in round t of T, s = 1 (constant), "
         "½(1+cos(πt/T)) (cosine) or 1−t/T (linear); the head keeps head_lr, or lr when head_lr is null "
-        "(docs/learning.md, round 14)",
+        "(docs/learning.md, rounds 14-15)",
     )
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     clip_grad_norm: float | None = Field(
@@ -540,6 +540,7 @@ FORMER_DEFAULTS = {  # key -> how runs saved before the key existed behaved
     ("federation", "server_lr"): 1.0,
     ("privacy", "head_clip_share"): None,
     ("federation", "logit_adjustment"): 0.0,
+    ("federation", "lr_schedule"): "constant",
 }
 
 
@@ -549,7 +550,8 @@ def with_former_defaults(tree: dict) -> dict:
     before it read the CLS pooler; ``model.base_dropout``: they kept the checkpoint's dropout;
     ``federation.head_lr``, ``server_optimizer``, ``server_lr``: the head stepped at ``lr`` and the
     server took the plain mean; ``privacy.head_clip_share``: they clipped jointly;
-    ``federation.logit_adjustment``: they trained on plain cross-entropy)."""
+    ``federation.logit_adjustment``: they trained on plain cross-entropy; ``federation.lr_schedule``:
+    their LoRA factors kept one learning rate)."""
     for (section, key), value in FORMER_DEFAULTS.items():
         options = tree.get(section)
         if isinstance(options, dict) and key not in options:

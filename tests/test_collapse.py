@@ -111,7 +111,7 @@ def test_a_collapsed_run_warns_and_says_so_in_its_summary(tiny_recipe, tmp_path,
 def test_a_run_that_learned_is_not_flagged(tiny_recipe, tmp_path):
     out = tmp_path / "run"
     result = CliRunner().invoke(
-        app, ["train", str(tiny_recipe), "privacy.level=none", "federation.rounds=6", "federation.local_steps=10", "federation.lr=1.0", "federation.clip_grad_norm=null", "model.pooling=mean", "--out", str(out), "--json"]
+        app, ["train", str(tiny_recipe), "privacy.level=none", "federation.rounds=6", "federation.local_steps=10", "federation.lr=1.0", "federation.lr_schedule=constant", "federation.clip_grad_norm=null", "model.pooling=mean", "--out", str(out), "--json"]
     )
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())

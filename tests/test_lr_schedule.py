@@ -100,3 +100,11 @@ def test_the_factor_travels_over_the_flower_wire():
 def test_an_unknown_schedule_names_the_key(tiny_recipe):
     result = run_train(tiny_recipe, "federation.lr_schedule=step")
     assert result.exit_code == 2 and "federation.lr_schedule" in result.output and "Traceback" not in result.output
+
+
+def test_the_default_decays_and_runs_saved_before_the_key_keep_one_rate():
+    from fedlora_cli.recipe import parse_recipe, with_former_defaults
+
+    tree = {"federation": {"clients": 4, "clients_per_round": 2}, "privacy": {"level": "sample"}}
+    assert parse_recipe(tree).federation.lr_schedule == "cosine"
+    assert parse_recipe(with_former_defaults(tree)).federation.lr_schedule == "constant"

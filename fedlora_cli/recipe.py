@@ -23,6 +23,7 @@ from fedlora_cli.bounded import expanded_size, short_repr
 from fedlora_cli.data.partitioners import REGISTRY as PARTITIONERS
 from fedlora_cli.device import check_device_setting
 from fedlora_cli.errors import InputError
+from fedlora_cli.federation.lr_schedule import SCHEDULES
 from fedlora_cli.methods import REGISTRY as METHODS
 from fedlora_cli.methods.server_optimizer import PER_COORDINATE
 from fedlora_cli.privacy.accountants.base import ACCOUNTANTS, DEFAULT_ACCOUNTANT
@@ -109,7 +110,7 @@ class FederationConfig(Section):
     )
     lr: float = Field(0.1, gt=0, description="client learning rate of the LoRA factors")
     head_lr: float | None = Field(1.0, gt=0, description="client learning rate of the classifier head (null: lr)")
-    lr_schedule: Literal["constant", "cosine", "linear"] = Field(
+    lr_schedule: Literal[SCHEDULES] = Field(
         "cosine",
         description="the LoRA factors' learning rate over the rounds: lr·s(t) in round t of T, s = 1 (constant), "
         "½(1+cos(πt/T)) (cosine) or 1−t/T (linear); the head keeps head_lr, or lr when head_lr is null "

@@ -13,6 +13,7 @@ from fedlora_cli.federation.clients import ClientTask
 from fedlora_cli.federation.experiment import build_model
 from fedlora_cli.federation.lr_schedule import lora_lr_scale
 from fedlora_cli.models import is_head_parameter
+from fedlora_cli.recipe import parse_recipe, with_former_defaults
 from tests.test_privacy import outlier_dataset, run_train, tiny_recipe_obj
 
 
@@ -103,8 +104,6 @@ def test_an_unknown_schedule_names_the_key(tiny_recipe):
 
 
 def test_the_default_decays_and_runs_saved_before_the_key_keep_one_rate():
-    from fedlora_cli.recipe import parse_recipe, with_former_defaults
-
     tree = {"federation": {"clients": 4, "clients_per_round": 2}, "privacy": {"level": "sample"}}
     assert parse_recipe(tree).federation.lr_schedule == "cosine"
     assert parse_recipe(with_former_defaults(tree)).federation.lr_schedule == "constant"

@@ -96,7 +96,8 @@ def test_a_collapsed_run_warns_and_says_so_in_its_summary(tiny_recipe, tmp_path,
     warning = " ".join(result.stderr.split())
     chance = 1 / summary["classes_in_test"]
     assert f"balanced accuracy {summary['final_balanced_accuracy']:.4f} ({chance:.4f} by chance)" in warning
-    assert "federation.posthoc_adjustment=0.5" in warning and "privacy.target_epsilon" in warning
+    assert "federation.logit_adjustment=0.75 or 1" in warning and "federation.posthoc_adjustment=0.5" in warning
+    assert "privacy.target_epsilon" in warning
     rounds = [json.loads(line) for line in result.stdout.splitlines() if '"round"' in line]
     assert all("eval_macro_f1" in row for row in rounds)
 

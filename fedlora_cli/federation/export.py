@@ -69,7 +69,7 @@ def summarize(
 
 def collapse_warning(summary: dict) -> str:
     """The stderr warning of a run whose final model collapsed, with the remedies that helped where
-    measured (docs/learning.md, rounds 4-10): more rounds did not help small private sets, whose
+    measured (docs/learning.md, rounds 4-18): more rounds did not help small private sets, whose
     clients pay for every extra step in noise, so it does not suggest them."""
     counts = summary["predicted_counts"]
     level = summary["privacy_level"]
@@ -77,7 +77,7 @@ def collapse_warning(summary: dict) -> str:
     remedies = ", ".join([
         "more examples per client" + (noise if level == "sample" else ""),
         *(["a larger privacy.target_epsilon"] if level != "none" else []),
-        *(["and with rare classes federation.posthoc_adjustment=0.5 or federation.logit_adjustment=1, "
+        *(["and with rare classes federation.logit_adjustment=0.75 or 1 (or federation.posthoc_adjustment=0.5), "
            "which trade accuracy for answers on them"] if level != "client" else []),  # client level has no prior
     ])
     return (

@@ -11,6 +11,8 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from conftest import load_benchmark
+
 from fedlora_cli.cli import app
 from fedlora_cli.device import device_problems, model_device, resolve_device, seeded_generator
 from fedlora_cli.errors import InputError
@@ -264,12 +266,7 @@ def test_client_level_server_noise_is_drawn_on_the_global_adapters_device(tiny_r
 
 # --------------------------------------------------------------------------- benchmarks/gpu_check.py
 def gpu_check():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_check")
 
 
 def test_gpu_check_without_cuda_exits_2_with_the_way_out(monkeypatch, tiny_recipe, capsys):

@@ -2,16 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-
-from conftest import REPO
-
-
-def load_suite():
-    spec = importlib.util.spec_from_file_location("suite", REPO / "benchmarks" / "suite.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_benchmark
 
 
 def summary(accuracy: float, counts: list[int], collapsed: bool) -> dict:
@@ -19,7 +10,7 @@ def summary(accuracy: float, counts: list[int], collapsed: bool) -> dict:
 
 
 def test_table_reports_collapsed_runs_largest_class_and_gap_to_probe():
-    suite = load_suite()
+    suite = load_benchmark("suite")
     runs = [summary(0.86, [40, 960], True), summary(0.88, [100, 900], False), None]  # the third run did not finish
     probes = {"rt_imb": {"majority_accuracy": 0.85, "probe_accuracy": 0.90, "probe_macro_f1": 0.70}}
     row = suite.table({("rt_imb", "fedsvd", "6"): runs}, probes).splitlines()[2]
@@ -33,6 +24,6 @@ def test_table_reports_collapsed_runs_largest_class_and_gap_to_probe():
 
 
 def test_table_skips_cells_with_no_finished_run():
-    suite = load_suite()
+    suite = load_benchmark("suite")
     probes = {"bbc": {"majority_accuracy": 0.2, "probe_accuracy": 0.96, "probe_macro_f1": 0.95}}
     assert len(suite.table({("bbc", "ffa", "none"): [None]}, probes).splitlines()) == 2

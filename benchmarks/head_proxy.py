@@ -21,7 +21,11 @@ the proxy) and FedSVD's re-factorization.
 Besides recipe overrides a candidate may set ``proxy.client_prior=λ``: client k trains on
 ``CE(f + τ·log π + λ·(log π_k − log π), y)`` with π_k from its own noised counts (the client's
 own label mix, as FedLC, Zhang et al. 2022; docs/learning.md, round 12). fedlora does not
-implement it.
+implement it. Two more levers fedlora does not implement (docs/learning.md, round 20):
+``proxy.class_weight=β`` weights each example's clipped gradient by ``w_y = (min_c π_c / π_y)^β``
+(≤ 1, so the sensitivity stays ``C``: a rare class is no longer outvoted by the clipped majority),
+and ``proxy.center=true`` trains on features minus their exact training mean (not private: an
+upper bound on what a privately released mean could give).
 
 Checked against real runs of the round-2 default (8 rounds; fedsvd, ε=6, seeds 0 / 1 / 2):
 SST-2 proxy 0.776 / 0.761 / 0.765 vs real 0.755 / 0.763 / 0.775; BBC 0.910 / 0.924 vs real
@@ -69,9 +73,10 @@ def cached_features(task: str, out: Path) -> dict:
     return features
 
 
-def head_steps(w, x, y, steps, lr, sample_rate, noise, clip, dp, generator, offset):
+def head_steps(w, x, y, steps, lr, sample_rate, noise, clip, dp, generator, offset, class_weights=None):
     """``steps`` local steps of (DP-)SGD on the softmax head ``w`` ((K, d+1), bias last column),
-    on the loss ``CE(x·wᵀ + offset, y)``."""
+    on the loss ``CE(x·wᵀ + offset, y)``; under DP each clipped example gradient is scaled by
+    ``class_weights[y]`` when given."""
     w = w.clone()
     x = torch.cat([x, torch.ones(len(x), 1)], dim=1)
     for _ in range(steps):
@@ -81,6 +86,8 @@ def head_steps(w, x, y, steps, lr, sample_rate, noise, clip, dp, generator, offs
         if dp:
             norms = error.norm(dim=1) * xb.norm(dim=1)
             error = error * (clip / norms.clamp(min=1e-12)).clamp(max=1.0)[:, None]
+            if class_weights is not None:
+                error = error * class_weights[yb][:, None]
             grad = (error.T @ xb + noise * clip * torch.randn(w.shape, generator=generator)) / (sample_rate * len(x))
         else:
             grad = error.T @ xb / max(1, len(xb))
@@ -89,11 +96,14 @@ def head_steps(w, x, y, steps, lr, sample_rate, noise, clip, dp, generator, offs
     return w
 
 
-def proxy_run(features: dict, recipe: Recipe, client_prior: float = 0.0) -> dict:
+def proxy_run(features: dict, recipe: Recipe, client_prior: float = 0.0, class_weight: float = 0.0, center: bool = False) -> dict:
     """One federated run of the head alone with ``recipe``'s settings; test scores of the served head
-    (``client_prior``: λ of the module docstring)."""
+    (``client_prior``: λ, ``class_weight``: β of the module docstring; ``center``: subtract the exact
+    training mean from every feature)."""
     fed, privacy = recipe.federation, recipe.privacy
-    x, y = features["x_train"], features["y_train"]
+    x, y, x_test = features["x_train"], features["y_train"], features["x_test"]
+    if center:
+        x, x_test = x - x.mean(0), x_test - x.mean(0)
     num_labels = int(max(y.max(), features["y_test"].max())) + 1
     parts = [torch.as_tensor(p) for p in partition(y.numpy(), fed.clients, recipe.partition)]
     sizes = torch.tensor([len(p) for p in parts], dtype=torch.float64)
@@ -112,13 +122,14 @@ def proxy_run(features: dict, recipe: Recipe, client_prior: float = 0.0) -> dict
     client_log_priors = [torch.tensor(logit_offset(c, 1.0, noise_std(prior_noise, 1))) for c in client_counts]
     offsets = [fed.logit_adjustment * log_prior + client_prior * (log_pi_k - log_prior) for log_pi_k in client_log_priors]
     w = torch.zeros(num_labels, x.shape[1] + 1)
+    class_weights = torch.exp(class_weight * (log_prior.min() - log_prior)).float() if class_weight else None
     for _ in range(rounds):
         update = torch.zeros_like(w)
         for part, size, rate, noise, client_offset in zip(parts, sizes, rates, noises, offsets):
-            local = head_steps(w, x[part], y[part], fed.local_steps, fed.head_lr, rate, noise, clip, dp, generator, client_offset)
+            local = head_steps(w, x[part], y[part], fed.local_steps, fed.head_lr, rate, noise, clip, dp, generator, client_offset, class_weights)
             update += float(size / sizes.sum()) * (local - w)
         w += (fed.server_lr if fed.server_optimizer == "sgd" else 1.0) * update
-    x_test = torch.cat([features["x_test"], torch.ones(len(features["x_test"]), 1)], dim=1)
+    x_test = torch.cat([x_test, torch.ones(len(x_test), 1)], dim=1)
     served = x_test @ w.T - fed.posthoc_adjustment * log_prior
     return scores(served, features["y_test"], num_labels)
 
@@ -143,7 +154,8 @@ def main() -> None:
             results = []
             for seed in seeds:
                 recipe = load_recipe("default", [*task_overrides(task, args.out), *recipe_overrides, f"federation.seed={seed}", f"partition.seed={seed}"])
-                results.append(proxy_run(features, recipe, float(proxy_options.get("client_prior", 0.0))))
+                results.append(proxy_run(features, recipe, float(proxy_options.get("client_prior", 0.0)),
+                                         float(proxy_options.get("class_weight", 0.0)), proxy_options.get("center") == "true"))
             mean = lambda key: sum(r[key] for r in results) / len(results)  # noqa: E731
             accuracies = " ".join(f"{r['accuracy']:.3f}" for r in results)
             shares = " ".join(f"{max(r['predicted_counts']) / sum(r['predicted_counts']):.1%}" for r in results)

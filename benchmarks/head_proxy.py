@@ -144,8 +144,8 @@ def main() -> None:
     args = parser.parse_args()
     configs = [(spec.split(":", 1)[0], [o for o in spec.split(":", 1)[1].split(",") if o]) for spec in args.config or ["current:"]]
     seeds = [int(s) for s in args.seeds.split(",")]
-    print("| task | candidate | accuracy per seed (mean) | macro-F1 | balanced acc | largest predicted class per seed | flagged |")
-    print("|---|---|---|---|---|---|---|")
+    print("| task | candidate | accuracy per seed (mean) | macro-F1 | balanced acc | ROC-AUC | largest predicted class per seed | flagged |")
+    print("|---|---|---|---|---|---|---|---|")
     for task in args.tasks.split(","):
         features = cached_features(task, args.out)
         for name, overrides in configs:
@@ -160,7 +160,7 @@ def main() -> None:
             accuracies = " ".join(f"{r['accuracy']:.3f}" for r in results)
             shares = " ".join(f"{max(r['predicted_counts']) / sum(r['predicted_counts']):.1%}" for r in results)
             print(f"| {task} | {name} | {accuracies} ({mean('accuracy'):.3f}) | {mean('macro_f1'):.3f} "
-                  f"| {mean('balanced_accuracy'):.3f} | {shares} | {sum(collapsed(r) for r in results)}/{len(results)} |", flush=True)
+                  f"| {mean('balanced_accuracy'):.3f} | {mean('auc'):.3f} | {shares} | {sum(collapsed(r) for r in results)}/{len(results)} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -105,6 +105,7 @@ def probe(recipe: Recipe) -> dict:
         "probe_accuracy": result["accuracy"],
         "probe_macro_f1": result["macro_f1"],
         "probe_balanced_accuracy": result["balanced_accuracy"],
+        "probe_auc": result["auc"],
         "probe_predicted_counts": result["predicted_counts"],
         "probe_collapsed": collapsed(result),  # the rule a run is flagged by, applied to the reference
         **majority_baseline(train.labels, y_test, num_labels),

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from fedlora_cli.cli import app
 from fedlora_cli.tasks import classification
-from fedlora_cli.federation.evaluate import collapsed, majority_baseline, scores
+from fedlora_cli.federation.evaluate import collapsed, majority_baseline, roc_auc, scores
 from fedlora_cli.federation.export import collapse_warning
 
 
@@ -81,6 +81,33 @@ def test_trading_majority_answers_for_rare_ones_is_not_collapse():
     assert not collapsed(result)
 
 
+def pairwise_auc(score: list[float], positive: list[bool]) -> float:
+    """AUC by its definition: the share of (member, non-member) pairs the member wins, ties half."""
+    pairs = [(s, t) for s, p in zip(score, positive) if p for t, q in zip(score, positive) if not q]
+    return sum(1.0 if s > t else 0.5 if s == t else 0.0 for s, t in pairs) / len(pairs)
+
+
+def test_roc_auc_against_counting_pairs_with_ties():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randint(-2, 3, (40, 3), generator=generator).float()  # few values: many ties
+    labels = torch.randint(0, 3, (40,), generator=generator)
+    probabilities = torch.softmax(logits.double(), dim=-1)
+    expected = [pairwise_auc(probabilities[:, c].tolist(), (labels == c).tolist()) for c in range(3)]
+    assert roc_auc(logits, labels) == pytest.approx(sum(expected) / 3)
+    binary = logits[:, :2]
+    assert roc_auc(binary, labels % 2) == pytest.approx(pairwise_auc((binary[:, 1] - binary[:, 0]).tolist(), (labels % 2 == 1).tolist()))
+
+
+def test_roc_auc_sees_ranking_where_the_answers_sit_on_one_class():
+    labels = torch.tensor([0] * 8 + [1] * 2)
+    # every answer is class 0, but the two class-1 examples get the highest class-1 scores
+    logits = torch.stack([torch.full((10,), 3.0), torch.tensor([0.0] * 8 + [1.0, 2.0])], dim=1)
+    result = scores(logits, labels, 2)
+    assert collapsed(result) and result["auc"] == pytest.approx(1.0)
+    assert scores(torch.zeros(10, 2), labels, 2)["auc"] == pytest.approx(0.5)  # text-blind
+    assert roc_auc(logits, torch.zeros(10, dtype=torch.long)) is None  # one class: undefined
+
+
 def test_a_collapsed_run_warns_and_says_so_in_its_summary(tiny_recipe, tmp_path, monkeypatch):
     def always_first_class(model, data, num_labels, batch_size=64):
         return scores(one_hot_logits([0] * len(data), num_labels), data.labels, num_labels)
@@ -96,6 +123,7 @@ def test_a_collapsed_run_warns_and_says_so_in_its_summary(tiny_recipe, tmp_path,
     warning = " ".join(result.stderr.split())
     chance = 1 / summary["classes_in_test"]
     assert f"balanced accuracy {summary['final_balanced_accuracy']:.4f} ({chance:.4f} by chance)" in warning
+    assert summary["final_auc"] == pytest.approx(0.5) and "ROC-AUC 0.5000 (0.5 by chance)" in warning
     assert "federation.logit_adjustment=0.75 or 1" in warning and "federation.posthoc_adjustment=0.5" in warning
     assert "privacy.target_epsilon" in warning
     rounds = [json.loads(line) for line in result.stdout.splitlines() if '"round"' in line]
@@ -107,6 +135,7 @@ def test_a_collapsed_run_warns_and_says_so_in_its_summary(tiny_recipe, tmp_path,
     shown = CliRunner().invoke(app, ["eval", str(out)])
     assert shown.exit_code == 0, shown.output
     assert "COLLAPSED: the model did not learn the task" in " ".join(shown.stdout.split())
+    assert "ROC-AUC" in shown.stdout
 
 
 def test_a_run_that_learned_is_not_flagged(tiny_recipe, tmp_path):

@@ -1,4 +1,4 @@
-"""Score a trained adapter: accuracy, macro-F1 and loss on the recipe's test split, beside the
+"""Score a trained adapter: accuracy, macro-F1, ROC-AUC and loss on the recipe's test split, beside the
 majority-class baseline (and whether the model collapsed to one class); for ``task: causal_lm``
 held-out response loss, perplexity, and exact match or multiple-choice accuracy.
 
@@ -30,10 +30,11 @@ def _row(name: str, scores: dict) -> list[str]:
         generated = f"{_number(scores['exact_match'])} ({scores['generated']})" if "exact_match" in scores else "-"
         choice = _number(scores.get("choice_accuracy"))
         return [name, str(scores["samples"]), f"{scores['loss']:.4f}", f"{scores['perplexity']:.2f}", generated, choice]
-    return [name, str(scores["samples"]), f"{scores['accuracy']:.4f}", f"{scores['macro_f1']:.4f}", f"{scores['loss']:.4f}"]
+    return [name, str(scores["samples"]), f"{scores['accuracy']:.4f}", f"{scores['macro_f1']:.4f}",
+            _number(scores.get("auc")), f"{scores['loss']:.4f}"]
 
 
-CLASSIFICATION_COLUMNS = ("samples", "accuracy", "macro-F1", "loss")
+CLASSIFICATION_COLUMNS = ("samples", "accuracy", "macro-F1", "ROC-AUC", "loss")
 CAUSAL_COLUMNS = ("samples", "loss", "perplexity", "exact match (generated)", "choice accuracy")
 
 

@@ -1,4 +1,4 @@
-"""Scoring a model on a tokenized dataset: accuracy, macro-F1, balanced accuracy, mean
+"""Scoring a model on a tokenized dataset: accuracy, macro-F1, balanced accuracy, ROC-AUC, mean
 cross-entropy, the predicted-class histogram, and whether the model collapsed to one class."""
 
 from __future__ import annotations
@@ -37,10 +37,38 @@ COLLAPSE_SHARE = 0.95
 COLLAPSE_MARGIN = 0.01
 
 
+def average_ranks(values: torch.Tensor) -> torch.Tensor:
+    """1-based ranks of ``values`` in ascending order, tied values sharing the mean of their ranks."""
+    _, inverse, counts = torch.unique(values, sorted=True, return_inverse=True, return_counts=True)
+    last_rank = torch.cumsum(counts, 0).double()
+    return (last_rank - (counts.double() - 1) / 2)[inverse]
+
+
+def roc_auc(logits: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """Macro one-vs-rest ROC-AUC of the softmax scores: for each class ``c`` the test holds with both
+    members and non-members, the probability that a random member scores higher on ``c`` than a
+    random non-member (ties count one half; Mann and Whitney 1947):
+
+        AUC_c = (Σ_{i: y_i = c} rank_i − n_c(n_c + 1)/2) / (n_c · (n − n_c)),
+
+    averaged over those classes (for two classes both give the same number). It does not depend on
+    where the decision threshold lies: a model that answers one class almost always but still ranks
+    the examples scores well above 0.5, a text-blind one 0.5. None when the labels hold one class."""
+    probabilities = F.softmax(logits.double(), dim=-1)
+    aucs = []
+    for cls in range(logits.shape[-1]):
+        members = labels == cls
+        n_members, n_others = int(members.sum()), int((~members).sum())
+        if n_members and n_others:
+            rank_sum = float(average_ranks(probabilities[:, cls])[members].sum())
+            aucs.append((rank_sum - n_members * (n_members + 1) / 2) / (n_members * n_others))
+    return sum(aucs) / len(aucs) if aucs else None
+
+
 def scores(logits: torch.Tensor, labels: torch.Tensor, num_labels: int) -> dict:
     """Accuracy, macro-F1 (unweighted mean of per-class F1), balanced accuracy (mean per-class
-    recall over the ``classes_in_test`` classes the labels hold), mean cross-entropy and the
-    predicted-class histogram."""
+    recall over the ``classes_in_test`` classes the labels hold), ROC-AUC (:func:`roc_auc`), mean
+    cross-entropy and the predicted-class histogram."""
     predictions = logits.argmax(dim=-1)
     f1s, recalls = [], []
     for cls in range(num_labels):
@@ -55,6 +83,7 @@ def scores(logits: torch.Tensor, labels: torch.Tensor, num_labels: int) -> dict:
         "macro_f1": sum(f1s) / num_labels,
         "balanced_accuracy": sum(recalls) / len(recalls) if recalls else 0.0,
         "classes_in_test": len(recalls),
+        "auc": roc_auc(logits, labels),
         "loss": float(F.cross_entropy(logits, labels)),
         "predicted_counts": torch.bincount(predictions, minlength=num_labels).tolist(),
     }

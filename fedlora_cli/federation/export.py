@@ -67,6 +67,12 @@ def summarize(
     return summary
 
 
+def auc_clause(auc: float | None) -> str:
+    """The warning's ROC-AUC, which tells a model that still ranks the classes (its threshold sits
+    on one of them) from one that learned nothing; empty for a summary written without it."""
+    return "" if auc is None else f", ROC-AUC {auc:.4f} (0.5 by chance)"
+
+
 def collapse_warning(summary: dict) -> str:
     """The stderr warning of a run whose final model collapsed, with the remedies that helped where
     measured (docs/learning.md, rounds 4-18): more rounds did not help small private sets, whose
@@ -86,6 +92,6 @@ def collapse_warning(summary: dict) -> str:
         f"({chance(summary['classes_in_test']):.4f} by chance), one class for {max(counts) / sum(counts):.0%} of the test set "
         f"(predicted counts {counts}); accuracy {summary['final_accuracy']:.4f} vs "
         f"{summary['majority_accuracy']:.4f} for always answering the majority class, macro-F1 "
-        f"{summary['final_macro_f1']:.4f}. "
+        f"{summary['final_macro_f1']:.4f}{auc_clause(summary.get('final_auc'))}. "
         f"What helped where measured: {remedies}. See README, 'Defaults that learn'"
     )

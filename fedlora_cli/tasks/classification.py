@@ -26,7 +26,7 @@ class ClassificationTask:
         return tokenize(dataset, self.tokenizer, self.recipe.data.max_length)
 
     def evaluate(self, model: torch.nn.Module, dataset: TextDataset, data: TokenizedDataset) -> dict:
-        """Accuracy, macro-F1, balanced accuracy, loss and predicted-class counts."""
+        """Accuracy, macro-F1, balanced accuracy, ROC-AUC, loss and predicted-class counts."""
         return evaluate(model, data, len(dataset.label_names), self.recipe.federation.eval_batch_size)
 
     @staticmethod
@@ -40,6 +40,7 @@ class ClassificationTask:
             "final_accuracy": final["accuracy"],
             "final_macro_f1": final["macro_f1"],
             "final_balanced_accuracy": final["balanced_accuracy"],
+            "final_auc": final["auc"],
             "final_loss": final["loss"],
             "predicted_counts": final["predicted_counts"],
             "classes_in_test": final["classes_in_test"],

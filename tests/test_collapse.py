@@ -172,3 +172,11 @@ def test_the_warning_says_when_a_flagged_model_did_learn_something():
     assert "did not learn" not in warning
     assert "gives nearly every answer to one class and barely learned the others" in warning
     assert "one class for 98% of the test set" in warning and warning.count("98%") == 1  # said once
+
+
+def test_the_final_line_gives_the_roc_auc_when_there_is_one():
+    from fedlora_cli.report.console import final_scores_line
+
+    summary = {"final_accuracy": 0.857, "final_macro_f1": 0.528, "majority_accuracy": 0.850}
+    assert "ROC-AUC 0.7770;" in final_scores_line({**summary, "final_auc": 0.777})
+    assert "ROC-AUC" not in final_scores_line({**summary, "final_auc": None})

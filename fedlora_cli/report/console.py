@@ -167,9 +167,10 @@ class LiveTableReporter:
 def final_scores_line(summary: dict) -> str:
     """The final scores: accuracy beside the majority class, or (causal_lm) loss, perplexity and accuracy."""
     if "final_perplexity" not in summary:
+        auc = summary.get("final_auc")  # None: one class in the test split
         return (
-            f"final accuracy {summary['final_accuracy']:.4f} (macro-F1 {summary['final_macro_f1']:.4f}; "
-            f"majority class {summary['majority_accuracy']:.4f})"
+            f"final accuracy {summary['final_accuracy']:.4f} (macro-F1 {summary['final_macro_f1']:.4f}"
+            f"{'' if auc is None else f', ROC-AUC {auc:.4f}'}; majority class {summary['majority_accuracy']:.4f})"
         )
     line = f"final held-out loss {summary['final_loss']:.4f} (perplexity {summary['final_perplexity']:.2f})"
     if "final_choice_accuracy" in summary:

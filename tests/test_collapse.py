@@ -91,7 +91,7 @@ def test_roc_auc_against_counting_pairs_with_ties():
     generator = torch.Generator().manual_seed(0)
     logits = torch.randint(-2, 3, (40, 3), generator=generator).float()  # few values: many ties
     labels = torch.randint(0, 3, (40,), generator=generator)
-    probabilities = torch.softmax(logits.double(), dim=-1)
+    probabilities = torch.softmax(logits.double(), dim=-1).round(decimals=12)  # rows equal up to a shift tie
     expected = [pairwise_auc(probabilities[:, c].tolist(), (labels == c).tolist()) for c in range(3)]
     assert roc_auc(logits, labels) == pytest.approx(sum(expected) / 3)
     binary = logits[:, :2]
@@ -106,6 +106,8 @@ def test_roc_auc_sees_ranking_where_the_answers_sit_on_one_class():
     assert collapsed(result) and result["auc"] == pytest.approx(1.0)
     assert scores(torch.zeros(10, 2), labels, 2)["auc"] == pytest.approx(0.5)  # text-blind
     assert roc_auc(logits, torch.zeros(10, dtype=torch.long)) is None  # one class: undefined
+    confident = torch.stack([torch.zeros(10), 1000.0 + torch.arange(10.0)], dim=1)  # softmax saturates at 1
+    assert roc_auc(confident, labels) == pytest.approx(1.0)
 
 
 def test_a_collapsed_run_warns_and_says_so_in_its_summary(tiny_recipe, tmp_path, monkeypatch):

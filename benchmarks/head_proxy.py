@@ -103,7 +103,8 @@ def proxy_run(features: dict, recipe: Recipe, client_prior: float = 0.0, class_w
     fed, privacy = recipe.federation, recipe.privacy
     x, y, x_test = features["x_train"], features["y_train"], features["x_test"]
     if center:
-        x, x_test = x - x.mean(0), x_test - x.mean(0)
+        feature_mean = x.mean(0)
+        x, x_test = x - feature_mean, x_test - feature_mean
     num_labels = int(max(y.max(), features["y_test"].max())) + 1
     parts = [torch.as_tensor(p) for p in partition(y.numpy(), fed.clients, recipe.partition)]
     sizes = torch.tensor([len(p) for p in parts], dtype=torch.float64)

@@ -31,7 +31,7 @@ def _row(name: str, scores: dict) -> list[str]:
         choice = _number(scores.get("choice_accuracy"))
         return [name, str(scores["samples"]), f"{scores['loss']:.4f}", f"{scores['perplexity']:.2f}", generated, choice]
     return [name, str(scores["samples"]), f"{scores['accuracy']:.4f}", f"{scores['macro_f1']:.4f}",
-            _number(scores.get("auc")), f"{scores['loss']:.4f}"]
+            _number(scores["auc"]), f"{scores['loss']:.4f}"]
 
 
 CLASSIFICATION_COLUMNS = ("samples", "accuracy", "macro-F1", "ROC-AUC", "loss")

@@ -56,16 +56,18 @@ def roc_auc(logits: torch.Tensor, labels: torch.Tensor) -> float | None:
     the examples scores well above 0.5, a text-blind one 0.5. None when the labels hold one class.
     Ranked by the log-odds ``−log Σ_{j≠c} exp(f_j − f_c)``: the softmax's order, without its
     saturation at 0 and 1 (and logits equal up to a shift tie exactly)."""
+    logits = logits.double()
     aucs = []
     for cls in range(logits.shape[-1]):
-        others = logits.double() - logits[:, cls : cls + 1].double()
-        others[:, cls] = float("-inf")
-        log_odds = -torch.logsumexp(others, dim=-1)
         members = labels == cls
         n_members, n_others = int(members.sum()), int((~members).sum())
-        if n_members and n_others:
-            rank_sum = float(average_ranks(log_odds)[members].sum())
-            aucs.append((rank_sum - n_members * (n_members + 1) / 2) / (n_members * n_others))
+        if not (n_members and n_others):
+            continue
+        others = logits - logits[:, cls : cls + 1]
+        others[:, cls] = float("-inf")
+        log_odds = -torch.logsumexp(others, dim=-1)
+        rank_sum = float(average_ranks(log_odds)[members].sum())
+        aucs.append((rank_sum - n_members * (n_members + 1) / 2) / (n_members * n_others))
     return sum(aucs) / len(aucs) if aucs else None
 
 

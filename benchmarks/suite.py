@@ -47,8 +47,11 @@ task the table gives the majority-class baseline, a non-private linear probe on 
 model's features (benchmarks/linear_probe.py, the reference row), and per method and privacy
 setting the mean ± 95% CI over seeds of accuracy and macro-F1, how many runs collapsed (one
 class for ≥95% of the test set, or balanced accuracy within a point of chance), the largest share
-of a run's answers one class took, and the mean accuracy minus the probe's in points (issue 13's
-target at ε=6: no run collapsed, and −3 or better).
+of a run's answers one class took, the mean ROC-AUC (how well the runs rank the classes, whatever
+their threshold; "n/a" for runs older than it), and the mean accuracy minus the probe's in points
+(issue 13's target at ε=6: no run collapsed, and −3 or better). A second table pairs every method
+with the first of --methods by seed (same partitions, prior and noise draws): the mean difference
+of their accuracies ± its 95% CI, over the seeds both finished.
 
     python benchmarks/suite.py --out suite --jobs 2
     python benchmarks/suite.py --tasks bbc,sst2 --methods fedsvd --epsilons 6 --seeds 0 --set federation.lr=0.1
@@ -255,15 +258,25 @@ def fmt(values: list[float]) -> str:
     return f"{mean:.3f} ± {half:.3f}" if len(values) > 1 else f"{mean:.3f}"
 
 
+def mean_auc(runs: list[dict]) -> str:
+    """The runs' mean ROC-AUC, or n/a when any of them was written before summaries carried it."""
+    aucs = [r.get("final_auc") for r in runs]
+    return "n/a" if None in aucs else f"{sum(aucs) / len(aucs):.3f}"
+
+
+def privacy_label(eps: str) -> str:
+    return "no DP" if eps == "none" else f"ε={eps}"
+
+
 def table(results: dict, probes: dict) -> str:
     """The suite's markdown table: a row per task, method and privacy setting, with what issue 13
     asks of it beside the scores: how many runs collapsed, the most one class took of a run's
     answers, and the mean accuracy's distance to the non-private linear probe (target: −3 points
     or better)."""
     lines = [
-        "| task | method | privacy | seeds | accuracy | per seed | macro-F1 | collapsed | largest class | majority "
+        "| task | method | privacy | seeds | accuracy | per seed | macro-F1 | ROC-AUC | collapsed | largest class | majority "
         "| linear probe (acc / F1) | vs probe |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (task, method, eps), runs in results.items():
         runs = [r for r in runs if r is not None]
@@ -275,11 +288,39 @@ def table(results: dict, probes: dict) -> str:
         largest = max(max(r["predicted_counts"]) / sum(r["predicted_counts"]) for r in runs)
         gap = 100 * (sum(accuracies) / len(accuracies) - probe["probe_accuracy"])
         lines.append(
-            f"| {task}{' (tuning)' if task in TUNING else ''} | {method} | {'no DP' if eps == 'none' else f'ε={eps}'} | "
-            f"{len(runs)} | {fmt(accuracies)} | {per_seed} | {fmt([r['final_macro_f1'] for r in runs])} | "
+            f"| {task}{' (tuning)' if task in TUNING else ''} | {method} | {privacy_label(eps)} | "
+            f"{len(runs)} | {fmt(accuracies)} | {per_seed} | {fmt([r['final_macro_f1'] for r in runs])} | {mean_auc(runs)} | "
             f"{sum(r['collapsed'] for r in runs)}/{len(runs)} | {largest:.1%} | {probe['majority_accuracy']:.3f} | "
             f"{probe['probe_accuracy']:.3f} / {probe['probe_macro_f1']:.3f}{' (flagged)' if probe.get('probe_collapsed') else ''} | "
             f"{gap:+.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def signed(points: float) -> str:
+    """``+1.2`` / ``-0.4``, and ``+0.0`` for a difference that rounds to zero from either side."""
+    text = f"{points:+.1f}"
+    return "+0.0" if text == "-0.0" else text
+
+
+def paired_table(results: dict, methods: list[str]) -> str:
+    """Accuracy of ``methods[0]`` minus each other method's, paired by seed (the i-th run of a cell
+    is seed i of the grid in both), in points: mean ± 95% CI over the seeds both finished. Pairing
+    removes what the seeds share (the partition, the prior's and DP's noise draws), which is most of
+    a cell's spread."""
+    reference = methods[0]
+    lines = ["| task | privacy | pair | seeds | paired Δ accuracy (points) | per seed |", "|---|---|---|---|---|---|"]
+    for (task, method, eps), runs in results.items():
+        if method == reference or (task, reference, eps) not in results:
+            continue
+        pairs = [(a, b) for a, b in zip(results[(task, reference, eps)], runs) if a is not None and b is not None]
+        if not pairs:
+            continue
+        deltas = [100 * (a["final_accuracy"] - b["final_accuracy"]) for a, b in pairs]
+        mean, half = mean_ci95(deltas)
+        lines.append(
+            f"| {task} | {privacy_label(eps)} | {reference} − {method} | {len(deltas)} | {signed(mean)} ± {half:.1f} | "
+            f"{' '.join(signed(d) for d in deltas)} |"
         )
     return "\n".join(lines)
 
@@ -318,6 +359,8 @@ def main() -> None:
     for (key, _, _), summary in zip(plan, summaries):
         results.setdefault(key, []).append(summary)
     text = table(results, probes)
+    if len(methods) > 1:
+        text += "\n\n" + paired_table(results, methods)
     (args.out / "table.md").write_text(text + "\n", encoding="utf-8")
     print(text)
 

@@ -8,7 +8,7 @@ import warnings
 import typer
 
 from fedlora_cli.cli import accountant, recipes, sweep, train
-from fedlora_cli.cli.common import EXIT_CODES_HELP
+from fedlora_cli.cli.common import EXIT_CODES_HELP, command_help
 from fedlora_cli.cli import compare, eval as eval_cli, partition
 
 app = typer.Typer(
@@ -18,12 +18,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.command("train", help=train.__doc__ + "\n\n" + EXIT_CODES_HELP)(train.train)
-app.command("accountant", help=accountant.__doc__ + "\n\n" + EXIT_CODES_HELP)(accountant.accountant)
-app.command("sweep", help=sweep.__doc__ + "\n\n" + EXIT_CODES_HELP)(sweep.sweep)
-app.command("partition", help=partition.__doc__ + "\n\n" + EXIT_CODES_HELP)(partition.partition)
-app.command("eval", help=eval_cli.__doc__ + "\n\n" + EXIT_CODES_HELP)(eval_cli.eval_command)
-app.command("compare", help=compare.__doc__ + "\n\n" + EXIT_CODES_HELP)(compare.compare)
+app.command("train", help=command_help(train.__doc__))(train.train)
+app.command("accountant", help=command_help(accountant.__doc__))(accountant.accountant)
+app.command("sweep", help=command_help(sweep.__doc__))(sweep.sweep)
+app.command("partition", help=command_help(partition.__doc__))(partition.partition)
+app.command("eval", help=command_help(eval_cli.__doc__))(eval_cli.eval_command)
+app.command("compare", help=command_help(compare.__doc__))(compare.compare)
 app.add_typer(recipes.app, name="recipes")
 app.add_typer(__import__("fedlora_cli.cli.flower", fromlist=["app"]).app, name="flower")
 

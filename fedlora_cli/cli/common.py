@@ -26,6 +26,14 @@ EXIT_CODES_HELP = (
 )
 
 
+def command_help(doc: str) -> str:
+    """A command's ``--help`` text: its module docstring with each paragraph joined into one line
+    (the terminal wraps it; the docstring's own line breaks would break lines mid-sentence), then
+    the exit codes."""
+    paragraphs = [" ".join(line.strip() for line in paragraph.splitlines()) for paragraph in doc.strip().split("\n\n")]
+    return "\n\n".join([*paragraphs, EXIT_CODES_HELP])
+
+
 def err_console() -> Console:
     return Console(stderr=True, highlight=False)
 

@@ -1,6 +1,8 @@
-"""Score a trained adapter: accuracy, macro-F1, ROC-AUC and loss on the recipe's test split, beside the
-majority-class baseline (and whether the model collapsed to one class); for ``task: causal_lm``
-held-out response loss, perplexity, and exact match or multiple-choice accuracy.
+"""Score a trained adapter on the recipe's test split (accuracy, macro-F1, ROC-AUC; loss and perplexity for causal_lm).
+
+Classification: accuracy, macro-F1, balanced accuracy, ROC-AUC and loss beside the majority-class
+baseline, and whether the model collapsed to one class; `task: causal_lm`: held-out response loss,
+perplexity, and exact match or multiple-choice accuracy.
 
 `fedlora eval RUN_DIR` uses the run's recipe.yaml and final adapter; `--adapter DIR --recipe FILE`
 any adapter. `--per-client` also scores every client's local training data (fairness: mean,

@@ -16,7 +16,7 @@ from typing import Optional
 
 import typer
 
-from fedlora_cli.cli.common import EXIT_BUDGET, EXIT_CODES_HELP, err_console, guarded, wants_json
+from fedlora_cli.cli.common import EXIT_BUDGET, command_help, err_console, guarded, wants_json
 from fedlora_cli.cli.train import _split_recipe_and_overrides
 from fedlora_cli.errors import InputError, RunError
 from fedlora_cli.flower import require_flwr
@@ -25,7 +25,7 @@ from fedlora_cli.report.console import JsonLinesReporter, LiveTableReporter
 from fedlora_cli.report.stream import parse_event, replay
 from fedlora_cli.validate import check_recipe
 
-app = typer.Typer(help=__doc__ + "\n\n" + EXIT_CODES_HELP, no_args_is_help=True, add_completion=False)
+app = typer.Typer(help=command_help(__doc__), no_args_is_help=True, add_completion=False)
 
 RECIPE_ARG = typer.Argument(None, help="recipe file or builtin name (default: default)")
 OVERRIDES_ARG = typer.Argument(None, help="key.sub=value overrides, e.g. federation.rounds=3")

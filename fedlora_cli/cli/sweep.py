@@ -1,7 +1,8 @@
 """Run a grid of recipes x seeds, one run directory each, and tabulate mean and 95% CI.
 
-Example: fedlora sweep recipes/sst2.yaml --grid method=fedavg,ffa,fedsvd
---grid privacy.target_epsilon=none,6,3 --seeds 3 --out sweeps/sst2
+Example: `fedlora sweep recipes/sst2.yaml --grid method=fedavg,ffa,fedsvd --grid privacy.target_epsilon=none,6,3
+--seeds 3 --out sweeps/sst2`.
+
 Re-running the same command skips finished runs and resumes interrupted ones; more --seeds or a
 sub-grid of the same recipe and overrides into the same --out reuse the runs already there.
 `--workers 2` runs two runs at a time, each process on its share of the CPU cores (on 2 cores

@@ -259,7 +259,8 @@ def fmt(values: list[float]) -> str:
 
 
 def mean_auc(runs: list[dict]) -> str:
-    """The runs' mean ROC-AUC, or n/a when any of them was written before summaries carried it."""
+    """The runs' mean ROC-AUC, or n/a when any of them has none (its summary predates ROC-AUC, or its
+    test split holds one class)."""
     aucs = [r.get("final_auc") for r in runs]
     return "n/a" if None in aucs else f"{sum(aucs) / len(aucs):.3f}"
 

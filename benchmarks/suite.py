@@ -48,7 +48,7 @@ model's features (benchmarks/linear_probe.py, the reference row), and per method
 setting the mean ± 95% CI over seeds of accuracy and macro-F1, how many runs collapsed (one
 class for ≥95% of the test set, or balanced accuracy within a point of chance), the largest share
 of a run's answers one class took, the mean ROC-AUC (how well the runs rank the classes, whatever
-their threshold; "n/a" for runs older than it), and the mean accuracy minus the probe's in points
+their threshold; "n/a" when a run has none), and the mean accuracy minus the probe's in points
 (issue 13's target at ε=6: no run collapsed, and −3 or better). A second table pairs every method
 with the first of --methods by seed (same partitions, prior and noise draws): the mean difference
 of their accuracies ± its 95% CI, over the seeds both finished.

@@ -8,12 +8,12 @@ import warnings
 import typer
 
 from fedlora_cli.cli import accountant, recipes, sweep, train
-from fedlora_cli.cli.common import EXIT_CODES_HELP, command_help
+from fedlora_cli.cli.common import command_help
 from fedlora_cli.cli import compare, eval as eval_cli, partition
 
 app = typer.Typer(
     name="fedlora",
-    help=f"Private federated fine-tuning with LoRA, from YAML recipes.\n\n{EXIT_CODES_HELP}",
+    help=command_help("Private federated fine-tuning with LoRA, from YAML recipes."),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -113,8 +113,8 @@ class FederationConfig(Section):
     lr_schedule: Literal[SCHEDULES] = Field(
         "cosine",
         description="the LoRA factors' learning rate over the rounds: lr·s(t) in round t of T, s = 1 (constant), "
-        "½(1+cos(πt/T)) (cosine) or 1−t/T (linear); the head keeps head_lr, or lr when head_lr is null "
-        "(docs/learning.md, rounds 14-15)",
+        "½(1+cos(πt/T)) (cosine), 1−t/T (linear), or 0 for the first ⌊T/2⌋ rounds and then a cosine over the rest "
+        "(probe_then_cosine: LP-FT); the head keeps head_lr, or lr when head_lr is null (docs/learning.md, rounds 14-15, 22)",
     )
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     clip_grad_norm: float | None = Field(

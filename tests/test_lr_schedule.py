@@ -28,6 +28,11 @@ def test_the_factor_follows_its_equation(rounds):
         assert factors[0] == 1.0 and all(a > b for a, b in zip(factors, factors[1:])) and factors[-1] > 0
     if rounds % 2 == 0:
         assert lora_lr_scale("cosine", rounds // 2, rounds) == pytest.approx(0.5)
+    frozen = rounds // 2  # probe_then_cosine: the factors wait half the run, then a cosine over the rest
+    for t in range(rounds):
+        expected = 0.0 if t < frozen else (1 + math.cos(math.pi * (t - frozen) / (rounds - frozen))) / 2
+        assert lora_lr_scale("probe_then_cosine", t, rounds) == pytest.approx(expected, abs=1e-15)
+    assert lora_lr_scale("probe_then_cosine", frozen, rounds) == 1.0
 
 
 def test_rounds_outside_the_run_and_unknown_schedules_are_refused():
@@ -69,7 +74,8 @@ def test_a_scaled_step_moves_the_factors_by_the_factor_and_the_head_as_before(ti
         torch.testing.assert_close(moves[0.5][name], moves[1.0][name], rtol=1e-5, atol=1e-8)
 
 
-def test_a_run_gives_every_client_its_rounds_factor(tiny_recipe, monkeypatch):
+@pytest.mark.parametrize(("schedule", "expected"), [("cosine", [1.0, 0.75, 0.25]), ("probe_then_cosine", [0.0, 1.0, 0.5])])
+def test_a_run_gives_every_client_its_rounds_factor(tiny_recipe, monkeypatch, schedule, expected):
     seen: dict[int, list[float]] = {}
     real_train = clients.InProcessClients.train
 
@@ -78,11 +84,35 @@ def test_a_run_gives_every_client_its_rounds_factor(tiny_recipe, monkeypatch):
         return real_train(self, round_index, tasks, global_state, base)
 
     monkeypatch.setattr(clients.InProcessClients, "train", recording_train)
-    result = run_train(tiny_recipe, "federation.lr_schedule=cosine", "federation.rounds=3")
+    result = run_train(tiny_recipe, f"federation.lr_schedule={schedule}", "federation.rounds=3")
     assert result.exit_code == 0, result.output
     assert sorted(seen) == [0, 1, 2]
     for t, factors in seen.items():  # 2 clients per round, the same factor
-        assert factors == pytest.approx([(1 + math.cos(math.pi * t / 3)) / 2] * 2)
+        assert factors == pytest.approx([expected[t]] * 2)
+
+
+def test_frozen_factors_stay_where_they_started_under_dp(tiny_recipe, monkeypatch):
+    """probe_then_cosine under DP-SGD with fedsvd: after the frozen round the server still sends
+    B = 0 and the initial A (noise reaches the factors' gradients, a zero rate keeps it out of the
+    weights); the head has moved; the factors move once their rate is above zero."""
+    sent: dict[int, dict[str, torch.Tensor]] = {}
+    real_train = clients.InProcessClients.train
+
+    def recording_train(self, round_index, tasks, global_state, base):
+        sent[round_index] = {key: value.clone() for key, value in global_state.items()}
+        return real_train(self, round_index, tasks, global_state, base)
+
+    monkeypatch.setattr(clients.InProcessClients, "train", recording_train)
+    result = run_train(tiny_recipe, "federation.lr_schedule=probe_then_cosine", "federation.rounds=3", "method.name=fedsvd")
+    assert result.exit_code == 0, result.output
+    factors = [key for key in sent[0] if not is_head_parameter(key)]
+    head = [key for key in sent[0] if is_head_parameter(key)]
+    assert any(".lora_A." in key for key in factors) and any(".lora_B." in key for key in factors) and head
+    for key in factors:
+        assert torch.equal(sent[1][key], sent[0][key]), key
+    assert all(not sent[1][key].any() for key in factors if ".lora_B." in key)
+    assert any(not torch.equal(sent[1][key], sent[0][key]) for key in head)
+    assert any(sent[2][key].any() for key in factors if ".lora_B." in key)
 
 
 def test_the_factor_travels_over_the_flower_wire():

@@ -176,6 +176,22 @@ def test_fedsvd_qr_path_equals_the_dense_svd(tiny_model_dir):
         assert rel_err(product_qr, product_dense) < 1e-5
 
 
+def test_fedsvd_keeps_a_when_no_client_has_moved_b(tiny_model_dir):
+    """While ``lr_schedule: probe_then_cosine`` freezes the factors, every client uploads the zero
+    B it got. The SVD of the zero product would hand A the first r coordinate axes; A must stay."""
+    model, method = make(tiny_model_dir, "fedsvd")
+    state = adapter_state(model)
+    uploads, _ = client_round(model, method, state, torch.Generator().manual_seed(8))
+    for upload in uploads:  # the head moved, the factors did not
+        upload.update({m.b_key: torch.zeros_like(state[m.b_key]) for m in method.modules})
+    new = method.aggregate(state, uploads, WEIGHTS, 0)
+    for module in method.modules:
+        assert torch.equal(new[module.a_key], state[module.a_key])
+        assert not new[module.b_key].any()
+    head = [key for key in state if is_head_parameter(key)]
+    assert head and any(not torch.equal(new[key], state[key]) for key in head)
+
+
 @pytest.mark.parametrize(("period", "refactorized_rounds"), [(1, [0, 1, 2, 3]), (2, [1, 3]), (0, [])])
 def test_fedsvd_svd_period(tiny_model_dir, period, refactorized_rounds):
     model, method = make(tiny_model_dir, "fedsvd", svd_period=period, train_head=False)

@@ -4,7 +4,10 @@ with LoRA", 2025; code: seanie12/fed-svd).
 Clients train only B against the current global A. The server averages ``B' = Σ p_k B_k`` and,
 every ``svd_period`` rounds, re-factorizes the product: ``U Σ Vᵀ = svd(B'·A)``,
 ``A ← Vᵀ[:r]``, ``B ← U[:, :r]·Σ[:r]``. Since rank(B'A) ≤ r this is exact (``B_new A_new = B'A``)
-and leaves A with orthonormal rows, which bounds B's gradient norm under clipping.
+and leaves A with orthonormal rows, which bounds B's gradient norm under clipping. A module whose
+B' is exactly zero (no factor step yet: ``lr_schedule: probe_then_cosine`` freezes them at first)
+keeps its A: the SVD of the zero product would replace A by an arbitrary basis (the first r
+coordinate axes, in practice), and ``B' = 0`` gives ``B'·A = 0`` either way.
 
 The published code takes a dense SVD of the out×in product. :func:`refactorize` gets the same
 factors from the thin ones in O((out+in)·r²): ``B' = Q R`` (QR, Q out×r), ``svd(R·A) = U' Σ Vᵀ``
@@ -71,5 +74,6 @@ class FedSVD(Method):
         if self.refactorizes_in(round_index):
             factorize = refactorize if self.cfg.svd_mode == "qr" else refactorize_dense
             for module in self.modules:
-                state[module.b_key], state[module.a_key] = factorize(state[module.b_key], state[module.a_key])
+                if state[module.b_key].any():
+                    state[module.b_key], state[module.a_key] = factorize(state[module.b_key], state[module.a_key])
         return state

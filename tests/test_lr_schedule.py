@@ -125,6 +125,7 @@ def test_the_factor_travels_over_the_flower_wire():
         return wire.lora_lr_scale_of(config)
 
     assert sent(ClientTask(1, 7, None, None, 0.375)) == 0.375
+    assert sent(ClientTask(1, 7, None, None, 0.0)) == 0.0  # probe_then_cosine's frozen rounds: 0 is not "absent"
     assert sent(ClientTask(1, 7, None)) == 1.0
 
 

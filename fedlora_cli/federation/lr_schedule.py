@@ -34,7 +34,7 @@ def lora_lr_scale(schedule: str, round_index: int, rounds: int) -> float:
         frozen = rounds // 2
         if round_index < frozen:
             return 0.0
-        return 0.5 * (1.0 + math.cos(math.pi * (round_index - frozen) / (rounds - frozen)))
+        return lora_lr_scale("cosine", round_index - frozen, rounds - frozen)
     progress = round_index / rounds
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))

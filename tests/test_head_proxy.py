@@ -1,4 +1,5 @@
-"""benchmarks/head_proxy.py's DP step, against per-example gradients clipped and weighted by hand."""
+"""benchmarks/head_proxy.py's DP step, against per-example gradients clipped and weighted by hand, and its
+privately released feature mean with the accounting of that release."""
 
 import torch
 import torch.nn.functional as F
@@ -25,3 +26,39 @@ def test_head_step_clips_each_example_then_weights_it_by_class():
         assert float((class_weights[yi] * clipped).norm()) <= clip + 1e-6  # sensitivity stays the clip
         expected += class_weights[yi] * clipped
     torch.testing.assert_close(stepped, w - expected / len(x))
+
+
+def test_private_feature_mean_is_the_clipped_sum_over_the_rows_plus_each_clients_gaussian_noise():
+    proxy = load_benchmark("head_proxy")
+    x = torch.tensor([[3.0, 4.0], [0.3, 0.4], [0.0, -10.0]])  # norms 5, 0.5, 10
+    parts = [torch.tensor([0, 1]), torch.tensor([2])]
+    exact = proxy.private_feature_mean(x, parts, clip=1.0, release_noise=0.0, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(exact, (torch.tensor([0.6, 0.8]) + torch.tensor([0.3, 0.4]) + torch.tensor([0.0, -1.0])) / 3)
+
+    many = torch.zeros(4000, 2)
+    noisy = [proxy.private_feature_mean(many, [torch.arange(2000), torch.arange(2000, 4000)], 2.0, 3.0, torch.Generator().manual_seed(s))
+             for s in range(400)]
+    spread = torch.stack(noisy).std(0)  # two clients, each N(0, (3·2)²) per coordinate, over 4000 rows
+    torch.testing.assert_close(spread, torch.full((2,), 6.0 * 2**0.5 / 4000), rtol=0.1, atol=0.0)
+
+
+def test_noise_with_release_meets_the_target_under_the_composed_renyi_bound():
+    """Against the RDP of the Gaussian mechanism, α/(2σ_m²) (Mironov 2017, Prop. 7), added by hand
+    to Opacus's subsampled-Gaussian RDP and converted to epsilon."""
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+    from fedlora_cli.privacy.accountants import calibrate_noise
+
+    proxy = load_benchmark("head_proxy")
+    target, delta, rate, steps, release = 3.0, 1e-5, 0.1, 200, 2.0
+    orders = RDPAccountant.DEFAULT_ALPHAS
+
+    def composed(sigma):
+        rdp = compute_rdp(q=rate, noise_multiplier=sigma, steps=steps, orders=orders) + torch.tensor(orders).numpy() / (2 * release**2)
+        return get_privacy_spent(orders=orders, rdp=rdp, delta=delta)[0]
+
+    sigma = proxy.noise_with_release(target, delta, rate, steps, release)
+    assert composed(sigma) <= target
+    assert composed(0.99 * sigma) > target  # the smallest such noise, to the search's precision
+    assert sigma > calibrate_noise(target, delta, rate, steps)  # the release is paid for

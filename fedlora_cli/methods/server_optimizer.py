@@ -26,7 +26,6 @@ import torch
 
 State = dict[str, torch.Tensor]
 
-SERVER_OPTIMIZERS = ("none", "sgd", "momentum", "adagrad", "adam", "yogi")
 #: Optimizers whose state is per coordinate (a second moment): it has no meaning after a change of basis.
 PER_COORDINATE = ("adagrad", "adam", "yogi")
 

@@ -112,13 +112,6 @@ def update_noise_multiplier(noise_multiplier: float, count_stddev: float | None)
     return (noise_multiplier**-2 - (2 * count_stddev) ** -2) ** -0.5
 
 
-def effective_noise_multiplier(update_multiplier: float, count_stddev: float | None) -> float:
-    """``z = (σ_Δ⁻² + (2σ_b)⁻²)^(−1/2)`` (the inverse of :func:`update_noise_multiplier`)."""
-    if count_stddev is None or update_multiplier == 0:
-        return update_multiplier
-    return (update_multiplier**-2 + (2 * count_stddev) ** -2) ** -0.5
-
-
 def noise_generator(secure_mode: bool, seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     """The generator for DP noise and secret sampling.
 

@@ -189,8 +189,3 @@ def _search_noise(target_epsilon: float, delta: float, sample_rate: float, steps
             f"privacy.target_epsilon={target_epsilon}: cannot be reached with delta={delta}, "
             f"sample rate {sample_rate:.4g} and {steps} steps ({exc}); raise the target or delta"
         ) from None
-
-
-def epsilon_curve(noise_multiplier: float, sample_rate: float, steps: list[int], delta: float, accountant: str = DEFAULT_ACCOUNTANT) -> list[float]:
-    """Epsilon after each of the step counts in ``steps`` (e.g. after every round)."""
-    return [epsilon(noise_multiplier, sample_rate, count, delta, accountant) for count in steps]

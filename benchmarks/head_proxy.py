@@ -113,7 +113,9 @@ def noise_with_release(target_epsilon: float, delta: float, sample_rate: float, 
         accountant.history = [(release_noise, 1.0, 1), (sigma, sample_rate, steps)]
         return accountant.get_epsilon(delta=delta)
 
-    low, high = 0.1, 100.0
+    low, high = 0.01, 100.0
+    if spent(high) > target_epsilon:
+        raise ValueError(f"epsilon {target_epsilon} is out of reach with a release of noise multiplier {release_noise}")
     while high - low > 1e-3 * low:
         middle = (low + high) / 2
         low, high = (middle, high) if spent(middle) > target_epsilon else (low, middle)

@@ -52,6 +52,8 @@ def test_private_federated_sft_runs_and_evaluates(request, tmp_path, tiny_sft_js
     assert result.exit_code == 0, result.output
     test = json.loads(result.stdout)["test"]
     assert test["loss"] == pytest.approx(summary["final_loss"]) and test["exact_match"] == summary["final_exact_match"]
+    result = CliRunner().invoke(app, ["eval", summary["run_dir"], "--predictions", str(tmp_path / "p.jsonl")])
+    assert result.exit_code == 2 and "classification only" in result.output and not (tmp_path / "p.jsonl").exists()
 
 
 def test_a_multiple_choice_run_reports_choice_accuracy(tmp_path, tiny_llama_dir):

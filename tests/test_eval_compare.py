@@ -50,6 +50,21 @@ def test_train_eval_compare_on_tiny_runs(tiny_recipe, tiny_csv, tmp_path, monkey
     assert scored["test"]["samples"] == 36 and 0 <= scored["test"]["macro_f1"] <= 1
     assert scored["method"] == "fedsvd"
 
+    # --predictions: every test example's prediction, from the logits that give the same scores
+    predictions = tmp_path / "predictions.jsonl"
+    result = invoke("eval", private, "--predictions", predictions, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["test"] == scored["test"]
+    rows = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines()]
+    names = scored["label_names"]
+    assert [r["row"] for r in rows] == list(range(36)) and all(r["text"] for r in rows)
+    for r in rows:
+        assert r["predicted"] == names[max(range(len(r["logits"])), key=r["logits"].__getitem__)]
+        assert sum(r["probabilities"]) == pytest.approx(1, abs=1e-5)
+        assert r["probabilities"] == pytest.approx(torch.softmax(torch.tensor(r["logits"]), 0).tolist(), abs=1e-5)
+    assert sum(r["predicted"] == r["label"] for r in rows) / 36 == summary["final_accuracy"]  # the run's own model, in memory
+    assert [sum(r["predicted"] == n for r in rows) for n in names] == scored["test"]["predicted_counts"]
+
     # --adapter/--recipe is the same evaluation; --per-client and --data add sections
     result = invoke(
         "eval", "--adapter", private / "adapter", "--recipe", private / "recipe.yaml", "--per-client", "--data", tiny_csv, "--json"
@@ -148,6 +163,10 @@ def test_eval_bad_input_exit_2(tiny_recipe, tmp_path):
     assert result.exit_code == 2 and "not both" in result.output
     result = invoke("compare", tmp_path / "missing")
     assert result.exit_code == 2 and "not a fedlora run directory" in result.output
+    result = invoke("eval", tmp_path, "--predictions", tmp_path)
+    assert result.exit_code == 2 and "--predictions" in result.output and "is a directory" in result.output
+    result = invoke("eval", tmp_path, "--predictions", tmp_path / "missing" / "p.jsonl")
+    assert result.exit_code == 2 and "does not exist" in result.output and not (tmp_path / "missing").exists()
 
 
 def test_fairness_numbers():

@@ -55,6 +55,15 @@ def require_existing(path: Path | None, what: str) -> None:
         raise InputError(f"{what} {path}: not found (looked for {path.resolve()}); fix the path")
 
 
+def require_writable_file(path: Path, what: str) -> None:
+    """InputError naming ``what`` (a flag) when ``path`` cannot become a file: a directory, or a
+    folder that does not exist (an existing file is replaced)."""
+    if path.is_dir():
+        raise InputError(f"{what} {path}: is a directory; give a file path, e.g. {path / 'predictions.jsonl'}")
+    if not path.parent.is_dir():
+        raise InputError(f"{what} {path}: the folder {path.parent.resolve()} does not exist; create it or choose another path")
+
+
 def print_warnings(warnings: list[dict], prefix: str = "") -> None:
     """Data-report warnings (:mod:`fedlora_cli.data_report`), one ``warning:`` line each on stderr."""
     console = err_console()

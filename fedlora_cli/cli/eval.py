@@ -6,7 +6,9 @@ perplexity, and exact match or multiple-choice accuracy.
 
 `fedlora eval RUN_DIR` uses the run's recipe.yaml and final adapter; `--adapter DIR --recipe FILE`
 any adapter. `--per-client` also scores every client's local training data (fairness: mean,
-worst, best, spread); `--data FILE` scores another file with the recipe's columns.
+worst, best, spread); `--data FILE` scores another file with the recipe's columns;
+`--predictions FILE` (classification) writes every test example's text, true and predicted label,
+logits and probabilities as JSON lines.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedlora_cli.cli.common import guarded, progress, require_existing, wants_json
+from fedlora_cli.cli.common import guarded, progress, require_existing, require_writable_file, wants_json
 from fedlora_cli.threads import apply_threads
 
 
@@ -71,10 +73,13 @@ def eval_command(
     recipe: Optional[str] = typer.Option(None, "--recipe", help="the recipe the adapter was trained with (with --adapter)"),
     per_client: bool = typer.Option(False, "--per-client", help="also score each client's local data (fairness)"),
     data: Optional[Path] = typer.Option(None, "--data", help="also score this file (same columns as the recipe's data)"),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", help="write each test example's prediction to this file (JSON lines; classification)"),
     json_output: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
 ) -> None:
     for path, what in ((run_dir, "RUN_DIR"), (adapter, "--adapter"), (data, "--data")):
         require_existing(path, what)
+    if predictions is not None:
+        require_writable_file(predictions, "--predictions")
     as_json = wants_json(json_output)
     with progress("loading torch and transformers", show=not as_json) as phase:
         # torch, transformers and opacus load when the command runs, so `fedlora --help` is fast
@@ -82,7 +87,9 @@ def eval_command(
 
         target = resolve_target(run_dir, adapter, recipe)
         apply_threads(target.recipe.federation.threads)
-        result = evaluate_adapter(target, per_client=per_client, data_file=data, phase=phase)
+        result = evaluate_adapter(target, per_client=per_client, data_file=data, predictions=predictions, phase=phase)
+    if predictions is not None:
+        result["predictions"] = str(predictions)
     if as_json:
         print(json.dumps(result))
         return
@@ -105,3 +112,5 @@ def eval_command(
         )
     if "fairness" in result:
         console.print(fairness_line(result["fairness"]), markup=False, highlight=False)
+    if predictions is not None:
+        console.print(f"predictions: {test['samples']} rows in {predictions}", markup=False, highlight=False)

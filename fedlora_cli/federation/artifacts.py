@@ -3,25 +3,28 @@
 ``fedlora eval`` is built on this: :func:`load_adapter_model` rebuilds the exact model a run
 evaluated (same base model, same seeded head init, the saved PEFT adapter, and for methods that
 change the frozen weights the saved base weights), and :func:`evaluate_adapter` scores it on the
-recipe's test split, optionally on every client's local data (fairness) and on another file.
+recipe's test split, optionally on every client's local data (fairness) and on another file, and
+for classification can write every test example's prediction (:func:`write_predictions`).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from fedlora_cli.data.partition import partition
 from fedlora_cli.data.sft import load_sft_file
-from fedlora_cli.data.sources import load_labeled_file
+from fedlora_cli.data.sources import TextDataset, load_labeled_file
 from fedlora_cli.device import resolve_device
 from fedlora_cli.errors import InputError, first_line
-from fedlora_cli.federation.evaluate import baseline_and_collapse
-from fedlora_cli.federation.run_dir import ADAPTER_DIR, RunDir, read_tensors
+from fedlora_cli.federation.evaluate import baseline_and_collapse, predict_logits, scores
+from fedlora_cli.federation.run_dir import ADAPTER_DIR, RunDir, atomic_write_text, read_tensors
 from fedlora_cli.methods.base import restore_base_weights
 from fedlora_cli.models import load_tokenizer, lora_modules
 from fedlora_cli.recipe import Recipe, load_recipe, resolve_recipe_path
@@ -105,19 +108,41 @@ def fairness(client_scores: list[dict]) -> dict[str, float]:
     }
 
 
+def write_predictions(path: Path, dataset: TextDataset, logits: torch.Tensor) -> None:
+    """One JSON line per example of ``dataset``, in its order: ``row``, ``text`` (and ``text_pair``),
+    the true ``label``, the ``predicted`` one (argmax of the logits), the model's ``logits`` and
+    their softmax ``probabilities``, both indexed like ``label_names``. Written atomically."""
+    probabilities = F.softmax(logits, dim=-1)
+    names = dataset.label_names
+    lines = []
+    for row, (text, label) in enumerate(zip(dataset.texts, dataset.labels)):
+        record = {"row": row, "text": text}
+        if dataset.text_pairs is not None:
+            record["text_pair"] = dataset.text_pairs[row]
+        record.update(label=names[label], predicted=names[int(logits[row].argmax())],
+                      logits=[round(float(v), 6) for v in logits[row]], probabilities=[round(float(v), 6) for v in probabilities[row]])
+        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+    atomic_write_text(path, "".join(lines))
+
+
 def evaluate_adapter(
     target: EvalTarget,
     *,
     per_client: bool = False,
     data_file: str | Path | None = None,
+    predictions: Path | None = None,
     phase: Callable[[str], None] = lambda _text: None,
 ) -> dict:
     """The task's scores on the test split (and per client / on ``data_file``): accuracy, macro-F1
     and loss for classification; loss, perplexity and exact match or choice accuracy for causal_lm.
 
-    ``phase`` is told what starts next (for a progress display).
+    ``predictions`` (classification only): where to write the test split's predictions
+    (:func:`write_predictions`), scored from the same logits. ``phase`` is told what starts next
+    (for a progress display).
     """
     recipe = target.recipe
+    if predictions is not None and recipe.task != "classification":
+        raise InputError(f"predictions are written for task: classification only; this recipe's task is {recipe.task}")
     phase("reading the data")
     train, test = load_task_datasets(recipe)
     names = train.label_names
@@ -136,6 +161,13 @@ def evaluate_adapter(
         phase(f"tokenizing and scoring {what} ({len(dataset)} texts)")
         return {"samples": len(dataset), **task.evaluate(model, dataset, task.tokenize(dataset))}
 
+    def predicted_scores(dataset) -> dict:
+        phase(f"tokenizing and scoring the test split ({len(dataset)} texts), writing {predictions}")
+        data = task.tokenize(dataset)
+        logits = predict_logits(model, data, recipe.federation.eval_batch_size)
+        write_predictions(predictions, dataset, logits)
+        return {"samples": len(dataset), **scores(logits, data.labels, len(names))}  # as task.evaluate scores them
+
     result: dict = {
         "run_dir": str(target.run_dir) if target.run_dir is not None else None,
         "recipe": str(target.recipe_path),
@@ -143,7 +175,7 @@ def evaluate_adapter(
         "method": recipe.method.name,
         "task": recipe.task,
         "label_names": names,
-        "test": score(test),
+        "test": score(test) if predictions is None else predicted_scores(test),
     }
     if recipe.task == "classification":
         result["test"].update(baseline_and_collapse(result["test"], train.labels, test.labels, len(names)))

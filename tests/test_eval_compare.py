@@ -59,9 +59,10 @@ def test_train_eval_compare_on_tiny_runs(tiny_recipe, tiny_csv, tmp_path, monkey
     names = scored["label_names"]
     assert [r["row"] for r in rows] == list(range(36)) and all(r["text"] for r in rows)
     for r in rows:
-        assert r["predicted"] == names[max(range(len(r["logits"])), key=r["logits"].__getitem__)]
-        assert sum(r["probabilities"]) == pytest.approx(1, abs=1e-5)
-        assert r["probabilities"] == pytest.approx(torch.softmax(torch.tensor(r["logits"]), 0).tolist(), abs=1e-5)
+        assert list(r["logits"]) == names and list(r["probabilities"]) == names
+        assert r["predicted"] == max(names, key=r["logits"].__getitem__)
+        logits = torch.tensor([r["logits"][n] for n in names])
+        assert [r["probabilities"][n] for n in names] == pytest.approx(torch.softmax(logits, 0).tolist(), abs=1e-5)
     assert sum(r["predicted"] == r["label"] for r in rows) / 36 == summary["final_accuracy"]  # the run's own model, in memory
     assert [sum(r["predicted"] == n for r in rows) for n in names] == scored["test"]["predicted_counts"]
 

@@ -1,5 +1,7 @@
 """benchmarks/threshold_headroom.py: thresholds read off a hand-made set of margins."""
 
+import json
+
 import pytest
 import torch
 
@@ -22,3 +24,13 @@ def test_headroom_reads_accuracy_and_majority_share_at_each_threshold():
     assert found["best_under_line"]["majority_share"] < 0.95
     assert found["prior_matched"]["majority_share"] == pytest.approx(0.7)
     assert found["prior_matched"]["accuracy"] == pytest.approx(1.0)
+
+
+def test_a_predictions_file_reads_as_the_same_logits(tmp_path):
+    tool = load_benchmark("threshold_headroom")
+    margins, labels = [-2.0, -0.2, 0.4, -0.3, 1.0], ["neg", "pos", "pos", "neg", "neg"]
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps({"row": i, "label": y, "logits": {"neg": 0.5, "pos": 0.5 + m}}) + "\n"
+                            for i, (m, y) in enumerate(zip(margins, labels))), encoding="utf-8")
+    expected = tool.headroom(torch.tensor([[0.5, 0.5 + m] for m in margins]), torch.tensor([0, 1, 1, 0, 0]), 0, 0.6)
+    assert tool.from_predictions(path) == expected

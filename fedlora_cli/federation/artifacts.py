@@ -110,8 +110,9 @@ def fairness(client_scores: list[dict]) -> dict[str, float]:
 
 def write_predictions(path: Path, dataset: TextDataset, logits: torch.Tensor) -> None:
     """One JSON line per example of ``dataset``, in its order: ``row``, ``text`` (and ``text_pair``),
-    the true ``label``, the ``predicted`` one (argmax of the logits), the model's ``logits`` and
-    their softmax ``probabilities``, both indexed like ``label_names``. Written atomically."""
+    the true ``label``, the ``predicted`` one (argmax of the logits), and the model's ``logits`` and
+    softmax ``probabilities``, each an object keyed by label name in the run's label order.
+    Written atomically."""
     probabilities = F.softmax(logits, dim=-1)
     names = dataset.label_names
     lines = []
@@ -120,7 +121,8 @@ def write_predictions(path: Path, dataset: TextDataset, logits: torch.Tensor) ->
         if dataset.text_pairs is not None:
             record["text_pair"] = dataset.text_pairs[row]
         record.update(label=names[label], predicted=names[int(logits[row].argmax())],
-                      logits=[round(float(v), 6) for v in logits[row]], probabilities=[round(float(v), 6) for v in probabilities[row]])
+                      logits={name: round(float(v), 6) for name, v in zip(names, logits[row])},
+                      probabilities={name: round(float(v), 6) for name, v in zip(names, probabilities[row])})
         lines.append(json.dumps(record, ensure_ascii=False) + "\n")
     atomic_write_text(path, "".join(lines))
 

@@ -83,8 +83,9 @@ def test_train_eval_compare_on_tiny_runs(tiny_recipe, tiny_csv, tmp_path, monkey
     import fedlora_cli.cli.eval as eval_cli
 
     monkeypatch.setattr(eval_cli, "wants_json", lambda flag: flag)
-    result = invoke("eval", plain, "--per-client")
+    result = invoke("eval", plain, "--per-client", "--predictions", tmp_path / "plain.jsonl")
     assert result.exit_code == 0, result.output
+    assert "predictions: 36 rows in" in result.stdout and len((tmp_path / "plain.jsonl").read_text().splitlines()) == 36
     assert "accuracy" in result.stdout and "macro-F1" in result.stdout and "client 3" in result.stdout
     assert "worst" in result.stdout and "spread" in result.stdout
     assert f"{plain_summary['final_accuracy']:.4f}" in result.stdout

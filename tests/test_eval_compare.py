@@ -54,7 +54,7 @@ def test_train_eval_compare_on_tiny_runs(tiny_recipe, tiny_csv, tmp_path, monkey
     predictions = tmp_path / "predictions.jsonl"
     result = invoke("eval", private, "--predictions", predictions, "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["test"] == scored["test"]
+    assert json.loads(result.stdout)["test"] == scored["test"] and json.loads(result.stdout)["predictions"] == str(predictions)
     rows = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines()]
     names = scored["label_names"]
     assert [r["row"] for r in rows] == list(range(36)) and all(r["text"] for r in rows)

@@ -88,8 +88,6 @@ def eval_command(
         target = resolve_target(run_dir, adapter, recipe)
         apply_threads(target.recipe.federation.threads)
         result = evaluate_adapter(target, per_client=per_client, data_file=data, predictions=predictions, phase=phase)
-    if predictions is not None:
-        result["predictions"] = str(predictions)
     if as_json:
         print(json.dumps(result))
         return
@@ -112,5 +110,5 @@ def eval_command(
         )
     if "fairness" in result:
         console.print(fairness_line(result["fairness"]), markup=False, highlight=False)
-    if predictions is not None:
-        console.print(f"predictions: {test['samples']} rows in {predictions}", markup=False, highlight=False)
+    if "predictions" in result:
+        console.print(f"predictions: {test['samples']} rows in {result['predictions']}", markup=False, highlight=False)

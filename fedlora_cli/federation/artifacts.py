@@ -181,6 +181,8 @@ def evaluate_adapter(
     }
     if recipe.task == "classification":
         result["test"].update(baseline_and_collapse(result["test"], train.labels, test.labels, len(names)))
+    if predictions is not None:
+        result["predictions"] = str(predictions)
     if extra is not None:
         result["data"] = {"file": str(data_file), **score(extra, str(data_file))}
     if clients is not None:

@@ -11,8 +11,9 @@ Gaussian noise with the multiplier fedlora calibrates for that client
 (:func:`~fedlora_cli.privacy.accountants.calibrate_noise`, the same epsilon left after the label
 prior, sample rate and step count), on the logit-adjusted loss ``CE(f + τ·log π, y)`` with π from
 the label counts noised as fedlora releases them (:mod:`fedlora_cli.privacy.label_prior`) — and
-the server moves ``server_lr`` times the size-weighted mean update (FedAvg with a server step
-size). The test scores are the served model's (``f − τ'·log π`` with ``posthoc_adjustment``).
+the server applies the recipe's ``server_optimizer`` to the size-weighted mean update (the
+default: ``server_lr`` times it, FedAvg with a server step size; momentum and the adaptive ones
+as :mod:`fedlora_cli.methods.server_optimizer` applies them to the head). The test scores are the served model's (``f − τ'·log π`` with ``posthoc_adjustment``).
 Without DP the batch gradient is clipped to ``clip_grad_norm`` as fedlora does. The clients are
 the recipe's partition of the task. Not simulated: LoRA (the features stay the frozen model's:
 round 11 found the LoRA factors' DP noise is most of what real runs of small 85/15 sets lose to
@@ -61,6 +62,7 @@ from suite import task_overrides  # noqa: E402
 
 from fedlora_cli.data.partition import partition  # noqa: E402
 from fedlora_cli.federation.evaluate import collapsed, scores  # noqa: E402
+from fedlora_cli.methods.server_optimizer import ServerOptimizer  # noqa: E402
 from fedlora_cli.privacy.accountants import calibrate_noise  # noqa: E402
 from fedlora_cli.privacy.label_prior import logit_offset, noised_label_counts, noise_std, prior_epsilon_of, prior_offset  # noqa: E402
 from fedlora_cli.recipe import Recipe, load_recipe  # noqa: E402
@@ -163,12 +165,13 @@ def proxy_run(features: dict, recipe: Recipe, client_prior: float = 0.0, class_w
     offsets = [fed.logit_adjustment * log_prior + client_prior * (log_pi_k - log_prior) for log_pi_k in client_log_priors]
     w = torch.zeros(num_labels, x.shape[1] + 1)
     class_weights = torch.exp(class_weight * (log_prior.min() - log_prior)).float() if class_weight else None
+    server = ServerOptimizer.from_config(fed)
     for _ in range(rounds):
         update = torch.zeros_like(w)
         for part, size, rate, noise, client_offset in zip(parts, sizes, rates, noises, offsets):
             local = head_steps(w, x[part], y[part], fed.local_steps, fed.head_lr, rate, noise, clip, dp, generator, client_offset, class_weights)
             update += float(size / sizes.sum()) * (local - w)
-        w += (fed.server_lr if fed.server_optimizer == "sgd" else 1.0) * update
+        w = server.step({"head": w}, {"head": w + update})["head"] if server else w + update
     x_test = torch.cat([x_test, torch.ones(len(x_test), 1)], dim=1)
     served = x_test @ w.T - fed.posthoc_adjustment * log_prior
     return scores(served, features["y_test"], num_labels)

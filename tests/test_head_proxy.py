@@ -62,3 +62,23 @@ def test_noise_with_release_meets_the_target_under_the_composed_renyi_bound():
     assert composed(sigma) <= target
     assert composed(0.99 * sigma) > target  # the smallest such noise, to the search's precision
     assert sigma > calibrate_noise(target, delta, rate, steps)  # the release is paid for
+
+
+def test_proxy_moves_the_head_by_the_recipes_server_optimizer():
+    """The server step is the recipe's: momentum with β = 0 is FedAvg with the same server step, and the
+    plain mean (``none``) and adam serve different heads."""
+    from fedlora_cli.recipe import load_recipe
+
+    proxy = load_benchmark("head_proxy")
+    generator = torch.Generator().manual_seed(0)
+    features = {"x_train": torch.randn(120, 4, generator=generator), "y_train": torch.randint(0, 2, (120,), generator=generator),
+                "x_test": torch.randn(40, 4, generator=generator), "y_test": torch.randint(0, 2, (40,), generator=generator)}
+    base = ["privacy.level=none", "federation.rounds=3", "federation.clients=2", "federation.clients_per_round=2", "partition.method=iid", "method.svd_period=0"]
+
+    def served(*overrides):
+        return proxy.proxy_run(features, load_recipe("default", [*base, *overrides]))
+
+    sgd = served("federation.server_optimizer=sgd", "federation.server_lr=2")
+    assert served("federation.server_optimizer=momentum", "federation.server_momentum=0", "federation.server_lr=2") == sgd
+    assert served("federation.server_optimizer=none")["loss"] != sgd["loss"]
+    assert served("federation.server_optimizer=adam", "federation.server_lr=0.03")["loss"] != sgd["loss"]

@@ -13,7 +13,8 @@ prior, sample rate and step count), on the logit-adjusted loss ``CE(f + τ·log 
 the label counts noised as fedlora releases them (:mod:`fedlora_cli.privacy.label_prior`) — and
 the server applies the recipe's ``server_optimizer`` to the size-weighted mean update (the
 default: ``server_lr`` times it, FedAvg with a server step size; momentum and the adaptive ones
-as :mod:`fedlora_cli.methods.server_optimizer` applies them to the head). The test scores are the served model's (``f − τ'·log π`` with ``posthoc_adjustment``).
+as :mod:`fedlora_cli.methods.server_optimizer` applies them to the head). The test scores are the
+served model's (``f − τ'·log π`` with ``posthoc_adjustment``).
 Without DP the batch gradient is clipped to ``clip_grad_norm`` as fedlora does. The clients are
 the recipe's partition of the task. Not simulated: LoRA (the features stay the frozen model's:
 round 11 found the LoRA factors' DP noise is most of what real runs of small 85/15 sets lose to
